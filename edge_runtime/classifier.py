@@ -1,0 +1,114 @@
+"""The emotion classifier: an emo ONNX model in onnxruntime, with its metadata checked."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from .errors import EmoError
+from .metadata import ModelMetadata, from_props
+from .preprocess import faces_to_tensor, normalize
+
+PACKAGE_MODELS = Path(__file__).parent / "models"
+DEFAULT_MODEL = PACKAGE_MODELS / "emo_default.int8.onnx"
+
+
+def default_model_path() -> Path:
+    """The bundled default model (int8), or EMO_MODEL when that is set."""
+    env = os.environ.get("EMO_MODEL")
+    return Path(env) if env else DEFAULT_MODEL
+
+
+def session_options(threads: int = 1, spin: bool = True) -> ort.SessionOptions:
+    """Session options for small CPUs: a fixed thread count, optional no-spin for low power."""
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = max(1, int(threads))
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    if not spin:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return so
+
+
+def load_session(path: str | os.PathLike, threads: int = 1, spin: bool = True) -> ort.InferenceSession:
+    p = Path(path)
+    if not p.is_file():
+        raise EmoError(f"model file {p} does not exist; pass an .onnx written by emo-export (or omit --model for the default)")
+    try:
+        return ort.InferenceSession(str(p), session_options(threads, spin), providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own exception types
+        msg = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise EmoError(f"{p} is not a loadable ONNX model ({msg}); pass an .onnx written by emo-export") from None
+
+
+def read_metadata(session: ort.InferenceSession, source: str) -> ModelMetadata:
+    return from_props(dict(session.get_modelmeta().custom_metadata_map), source)
+
+
+class Classifier:
+    """Emotion scores for face crops.
+
+    ``Classifier(path).predict(batch)`` takes a float32 ``(N, 1, S, S)`` batch made by
+    :mod:`emo.edge_runtime.preprocess` and returns probabilities ``(N, 7)``.
+    """
+
+    def __init__(self, model: str | os.PathLike | None = None, threads: int = 1, spin: bool = True):
+        self.path = Path(model) if model else default_model_path()
+        self.session = load_session(self.path, threads, spin)
+        self.meta = read_metadata(self.session, str(self.path))
+        self.spec = self.meta.input
+        self.labels = self.meta.labels
+        inp = self.session.get_inputs()[0]
+        self.input_name = inp.name
+        shape = list(inp.shape)
+        want = [self.spec.channels, self.spec.size, self.spec.size]
+        if len(shape) != 4 or [d if isinstance(d, int) else None for d in shape[1:]] != want:
+            raise EmoError(
+                f"{self.path}: input shape {shape} does not match its metadata "
+                f"(N x {want[0]} x {want[1]} x {want[2]}); re-export the model with emo-export"
+            )
+        self._fixed_batch = shape[0] if isinstance(shape[0], int) else None
+        self.logits(np.zeros((1, want[0], want[1], want[2]), np.float32))  # warm-up: first run allocates
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        if self._fixed_batch and len(x) != self._fixed_batch:
+            return np.concatenate([self._run(x[i : i + 1]) for i in range(len(x))]) if self._fixed_batch == 1 else self._run_padded(x)
+        return self.session.run(None, {self.input_name: x})[0]
+
+    def _run_padded(self, x: np.ndarray) -> np.ndarray:
+        b = self._fixed_batch
+        out = []
+        for i in range(0, len(x), b):
+            chunk = x[i : i + b]
+            pad = b - len(chunk)
+            if pad:
+                chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
+            out.append(self.session.run(None, {self.input_name: chunk})[0][: b - pad])
+        return np.concatenate(out)
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        """Raw model output for a normalised batch (logits or probabilities per the metadata)."""
+        if len(x) == 0:
+            return np.zeros((0, len(self.labels)), np.float32)
+        return self._run(np.ascontiguousarray(x, np.float32))
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Probabilities ``(N, 7)`` for a normalised batch."""
+        out = self.logits(x).astype(np.float32)
+        if self.meta.output == "logits":
+            out = out - out.max(axis=1, keepdims=True)
+            np.exp(out, out=out)
+            out /= out.sum(axis=1, keepdims=True)
+        return out
+
+    def predict_crops(self, crops: np.ndarray) -> np.ndarray:
+        """Probabilities for uint8 gray crops ``(N, S, S)`` already at the model's size."""
+        return self.predict(normalize(crops, self.spec))
+
+    def predict_faces(self, image: np.ndarray, boxes: list) -> np.ndarray:
+        """Probabilities for every face box of one frame, classified as one batch."""
+        return self.predict(faces_to_tensor(image, boxes, self.spec))

@@ -1,0 +1,140 @@
+"""`emo-edge`: emotion recognition on images, videos and cameras (onnxruntime + OpenCV, no torch)."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .errors import EmoError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Find faces and score their emotions with an emo ONNX model. Runs on a Raspberry Pi.")
+
+SOURCE_HELP = ("camera0 (V4L2 index) | /dev/video0 | picam0 (picamera2) | video file | rtsp:// or http(s):// URL | "
+               "image | folder of images | glob such as 'shots/*.jpg'")
+
+
+@app.command()
+def infer(
+    source: str = typer.Argument(..., help=SOURCE_HELP),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="emo ONNX model (default: the bundled int8 model)."),
+    detector: str = typer.Option("haar", help="Face detector: haar (built in) or yunet (needs --detector-model)."),
+    detector_model: Optional[Path] = typer.Option(None, help="Path to face_detection_yunet.onnx for --detector yunet."),
+    detect_every: int = typer.Option(1, min=1, help="Run detection every N frames; track boxes in between."),
+    detect_size: Optional[int] = typer.Option(None, help="Longest side of the frame the detector sees (haar: 320, yunet: 640)."),
+    smooth: float = typer.Option(0.0, min=0.0, max=0.99, help="Score smoothing per track, 0 (off) to 0.99; 0.6 suits live video."),
+    threads: int = typer.Option(1, min=1, help="onnxruntime threads for the classifier."),
+    spin: bool = typer.Option(True, "--spin/--no-spin", help="--no-spin stops idle threads busy-waiting (saves power)."),
+    width: int = typer.Option(0, help="Camera: requested frame width."),
+    height: int = typer.Option(0, help="Camera: requested frame height."),
+    fps: float = typer.Option(0, help="Camera: requested frame rate."),
+    reconnect: int = typer.Option(10, min=0, help="Camera/stream: reopen attempts, with backoff, after a drop-out."),
+    save: Optional[str] = typer.Option(None, help="Write annotated output: an image file, a video (.mp4/.avi) or a folder."),
+    max_frames: int = typer.Option(0, min=0, help="Stop after N frames (0: no limit)."),
+    duration: float = typer.Option(0, min=0, help="Stop after N seconds (0: no limit)."),
+    output: str = typer.Option("auto", "--format", help="auto (table on a terminal, JSON Lines otherwise), json or table."),
+) -> None:
+    """Detect faces, classify them and print the emotions per face, one record per frame."""
+    from .outputs import AnnotatedSaver, JsonLinesWriter, TableWriter
+    from .pipeline import StopFlag, run
+    from .recognizer import Recognizer
+    from .sources import ImageSource, open_source
+
+    if output not in ("auto", "json", "table"):
+        raise EmoError(f"--format must be auto, json or table, not '{output}'")
+    rec = Recognizer(model=model, detector=detector, detector_model=str(detector_model) if detector_model else None,
+                     threads=threads, spin=spin, detect_every=detect_every, smooth=smooth, detect_max_side=detect_size)
+    stop = StopFlag().install()
+    try:
+        src = open_source(source, width, height, fps, reconnect)
+        single = isinstance(src, ImageSource) and len(src.paths) == 1
+        saver = AnnotatedSaver(save, single, getattr(src, "fps", 0)) if save else None
+        table = output == "table" or (output == "auto" and sys.stdout.isatty())
+        writer = TableWriter(rec.labels, live=getattr(src, "live", False)) if table else JsonLinesWriter(sys.stdout)
+        summary = run(src, source, rec, writer, saver, max_frames, duration, stop)
+    finally:
+        stop.restore()
+    if summary["stopped_by"]:
+        print(f"emo-edge: stopped by {summary['stopped_by']} after {summary['frames']} frames", file=sys.stderr)
+    if saver is not None:
+        print(f"emo-edge: wrote {saver.count} annotated frame(s) to {save}", file=sys.stderr)
+    if summary["stopped_by"]:
+        raise typer.Exit(130 if summary["stopped_by"] == "SIGINT" else 143)
+
+
+@app.command()
+def evaluate(
+    model: Path = typer.Argument(..., help="emo ONNX model."),
+    data: str = typer.Argument(..., help="Labelled faces: a folder of <emotion>/*.jpg, a FER2013 root or fer2013.csv."),
+    split: str = typer.Option("val", help="For a FER2013 root or CSV: train, val (PublicTest) or test (PrivateTest)."),
+    threads: int = typer.Option(1, min=1, help="onnxruntime threads."),
+    batch: int = typer.Option(256, min=1, help="Faces per inference call."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the report as JSON here."),
+) -> None:
+    """Accuracy, per-class precision/recall/F1 and confusion matrix on pre-cropped labelled faces."""
+    import numpy as np
+
+    from .classifier import Classifier
+    from .dataset import load_split
+    from .metrics import classification_report, format_report
+
+    clf = Classifier(model, threads=threads)
+    sp = load_split(data, split, clf.spec.size, skip_blank=False)
+    preds = []
+    for i in range(0, len(sp.labels), batch):
+        preds.append(clf.predict_crops(sp.images[i : i + batch]).argmax(1))
+    rep = classification_report(sp.labels, np.concatenate(preds))
+    print(format_report(rep, f"{model} on {data} [{split}]"))
+    if json_out:
+        json_out.write_text(json.dumps({"model": str(model), "data": str(data), "split": split, "report": rep}, indent=2))
+
+
+@app.command()
+def info(
+    model: Optional[Path] = typer.Argument(None, help="emo ONNX model (default: the bundled model)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the metadata as JSON."),
+) -> None:
+    """What a model says about itself: labels, input spec, precision, metrics, provenance."""
+    from dataclasses import asdict
+
+    from .classifier import Classifier
+
+    clf = Classifier(model)
+    meta = asdict(clf.meta)
+    meta["labels"] = list(clf.meta.labels)
+    size = clf.path.stat().st_size
+    if as_json:
+        print(json.dumps({"path": str(clf.path), "bytes": size, "metadata": meta}, indent=2))
+        return
+    m = clf.meta
+    print(f"model      {clf.path} ({size / 1024:.1f} KiB)")
+    print(f"arch       {m.arch}  precision {m.precision}  output {m.output}")
+    print(f"input      {m.input.channels}x{m.input.size}x{m.input.size} gray, (x/255 - {m.input.mean}) / {m.input.std}, crop margin {m.input.margin}")
+    print(f"labels     {', '.join(m.labels)}")
+    print(f"versions   emo {m.emo_version}, metadata format {m.format_version}")
+    if m.checkpoint_sha256:
+        print(f"checkpoint sha256 {m.checkpoint_sha256}")
+    for k, v in m.metrics.items():
+        print(f"metric     {k}: {v}")
+    for k, v in m.extra.items():
+        print(f"extra      {k}: {v}")
+
+
+def main() -> None:
+    try:
+        app()
+    except EmoError as e:
+        print(f"emo-edge: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("emo-edge: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except BrokenPipeError:
+        sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

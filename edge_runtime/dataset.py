@@ -1,0 +1,250 @@
+"""FER2013 loading (numpy + OpenCV only, so the edge runtime can evaluate on device): the Kaggle
+image-folder layout and the Kaggle CSV, validated up front.
+
+Everything is loaded into memory as uint8 arrays (FER2013 is 35k x 48 x 48 = 80 MB), so a bad
+file is found before the first epoch, not halfway through it.
+"""
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .errors import EmoError
+from .labels import LABELS
+from .preprocess import resize_square
+
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".webp", ".tif", ".tiff"}
+CSV_USAGE = {"train": "Training", "val": "PublicTest", "test": "PrivateTest"}
+FOLDER_SPLITS = {"train": ("train", "Training"), "val": ("val", "PublicTest", "test"), "test": ("test", "PrivateTest")}
+
+
+@dataclass
+class DataReport:
+    """What loading found: counts per class and everything that was skipped or fixed."""
+
+    source: str
+    split: str
+    count: int = 0
+    per_class: dict = field(default_factory=dict)
+    unreadable: list = field(default_factory=list)
+    resized: int = 0
+    blank_skipped: int = 0
+    duplicates: int = 0
+    conflicting_duplicates: int = 0
+
+    def lines(self) -> list[str]:
+        out = [f"{self.split}: {self.count} images from {self.source}"]
+        out.append("  per class: " + ", ".join(f"{k} {v}" for k, v in self.per_class.items()))
+        if self.unreadable:
+            ex = ", ".join(self.unreadable[:3])
+            out.append(f"  skipped {len(self.unreadable)} unreadable file(s), e.g. {ex}")
+        if self.resized:
+            out.append(f"  resized {self.resized} image(s) that were not 48x48")
+        if self.blank_skipped:
+            out.append(f"  skipped {self.blank_skipped} blank (constant) image(s)")
+        if self.duplicates:
+            out.append(
+                f"  {self.duplicates} exact duplicate image(s) "
+                f"({self.conflicting_duplicates} with a different label); kept"
+            )
+        return out
+
+    def to_dict(self) -> dict:
+        d = dict(self.__dict__)
+        d["unreadable"] = self.unreadable[:50]
+        d["unreadable_count"] = len(self.unreadable)
+        return d
+
+
+@dataclass
+class Split:
+    images: np.ndarray  # (N, size, size) uint8
+    labels: np.ndarray  # (N,) int64
+    report: DataReport
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256()
+        h.update(np.ascontiguousarray(self.images).tobytes())
+        h.update(self.labels.astype(np.int64).tobytes())
+        return h.hexdigest()
+
+
+def class_index(name: str) -> int | None:
+    n = name.strip().lower()
+    if n in LABELS:
+        return LABELS.index(n)
+    if n.isdigit() and int(n) < len(LABELS):
+        return int(n)
+    return None
+
+
+def _finish(images: list, labels: list, report: DataReport, size: int, skip_blank: bool) -> Split:
+    keep_i, keep_l, seen = [], [], {}
+    for img, lab in zip(images, labels):
+        if skip_blank and int(img.max()) == int(img.min()):
+            report.blank_skipped += 1
+            continue
+        key = hashlib.blake2b(img.tobytes(), digest_size=12).digest()
+        if key in seen:
+            report.duplicates += 1
+            if seen[key] != lab:
+                report.conflicting_duplicates += 1
+        else:
+            seen[key] = lab
+        keep_i.append(img)
+        keep_l.append(lab)
+    if not keep_i:
+        raise EmoError(f"no usable images for split '{report.split}' in {report.source}")
+    arr = np.stack(keep_i).astype(np.uint8)
+    lab = np.asarray(keep_l, np.int64)
+    report.count = len(lab)
+    report.per_class = {LABELS[i]: int((lab == i).sum()) for i in range(len(LABELS))}
+    return Split(arr, lab, report)
+
+
+def _fix_size(img: np.ndarray, size: int, report: DataReport) -> np.ndarray:
+    if img.shape != (size, size):
+        report.resized += 1
+        h, w = img.shape
+        s = min(h, w)  # centre square, then resize
+        img = img[(h - s) // 2 : (h - s) // 2 + s, (w - s) // 2 : (w - s) // 2 + s]
+        img = resize_square(img, size)
+    return img
+
+
+def find_split_dir(root: Path, split: str) -> Path | None:
+    for name in FOLDER_SPLITS[split]:
+        if (root / name).is_dir():
+            return root / name
+    return None
+
+
+def load_folder(folder: Path, split: str, size: int = 48, skip_blank: bool = True, limit: int | None = None) -> Split:
+    """Load ``folder/<class>/*`` where ``<class>`` is a FER2013 label name or index."""
+    report = DataReport(source=str(folder), split=split)
+    subdirs = sorted(p for p in folder.iterdir() if p.is_dir())
+    unknown = [p.name for p in subdirs if class_index(p.name) is None]
+    if unknown:
+        raise EmoError(
+            f"{folder} has unknown class folder(s) {unknown}; expected folders named "
+            f"{', '.join(LABELS)} (or 0-6). Rename or remove them."
+        )
+    if not subdirs:
+        raise EmoError(f"{folder} has no class folders; expected {folder}/<emotion>/*.jpg with emotions {', '.join(LABELS)}")
+    images, labels = [], []
+    for d in subdirs:
+        idx = class_index(d.name)
+        files = sorted(f for f in d.iterdir() if f.suffix.lower() in IMAGE_EXTS)
+        if limit is not None:
+            files = files[:limit]
+        for f in files:
+            img = cv2.imread(str(f), cv2.IMREAD_GRAYSCALE)
+            if img is None or img.size == 0:
+                report.unreadable.append(str(f))
+                continue
+            images.append(_fix_size(img, size, report))
+            labels.append(idx)
+    return _finish(images, labels, report, size, skip_blank)
+
+
+def load_csv(path: Path, split: str, size: int = 48, skip_blank: bool = True, limit: int | None = None) -> Split:
+    """Load the Kaggle ``fer2013.csv`` (``emotion,pixels,Usage``), plain or gzipped."""
+    report = DataReport(source=str(path), split=split)
+    opener = gzip.open if path.suffix == ".gz" else open
+    want = CSV_USAGE[split]
+    images, labels, per_class = [], [], {}
+    try:
+        with opener(path, "rt", newline="") as fh:
+            reader = csv.DictReader(fh)
+            cols = set(reader.fieldnames or [])
+            if not {"emotion", "pixels"} <= cols:
+                raise EmoError(f"{path} is not a FER2013 CSV: it needs columns emotion,pixels[,Usage], found {sorted(cols)}")
+            has_usage = "Usage" in cols
+            if not has_usage and split != "train":
+                raise EmoError(f"{path} has no Usage column, so it has no '{split}' split; use --val-fraction")
+            for lineno, row in enumerate(reader, start=2):
+                if has_usage and row["Usage"] != want:
+                    continue
+                try:
+                    lab = int(row["emotion"])
+                    px = np.array(row["pixels"].split(), dtype=np.int32)
+                    side = int(round(np.sqrt(px.size)))
+                    if lab not in range(len(LABELS)) or side * side != px.size or px.min() < 0 or px.max() > 255:
+                        raise ValueError
+                except (ValueError, AttributeError):
+                    report.unreadable.append(f"{path.name}:{lineno}")
+                    continue
+                if limit is not None:
+                    per_class[lab] = per_class.get(lab, 0) + 1
+                    if per_class[lab] > limit:
+                        continue
+                images.append(_fix_size(px.astype(np.uint8).reshape(side, side), size, report))
+                labels.append(lab)
+    except (OSError, EOFError, UnicodeDecodeError, gzip.BadGzipFile, csv.Error) as e:
+        raise EmoError(f"cannot read {path}: {e}") from None
+    return _finish(images, labels, report, size, skip_blank)
+
+
+def load_split(data: str | os.PathLike, split: str, size: int = 48, skip_blank: bool = True, limit: int | None = None) -> Split:
+    """Load one split ('train', 'val' or 'test') of a FER2013 folder tree or CSV."""
+    p = Path(data)
+    if not p.exists():
+        raise EmoError(f"data path {p} does not exist; pass a FER2013 folder (ROOT/train/<emotion>/) or fer2013.csv")
+    if p.is_file():
+        if not (p.name.endswith(".csv") or p.name.endswith(".csv.gz")):
+            raise EmoError(f"{p} is not a folder or a .csv/.csv.gz file")
+        return load_csv(p, split, size, skip_blank, limit)
+    d = find_split_dir(p, split)
+    if d is None:
+        # a folder that directly holds class folders is a single labelled split
+        if any(class_index(c.name) is not None for c in p.iterdir() if c.is_dir()):
+            return load_folder(p, split, size, skip_blank, limit)
+        raise EmoError(
+            f"{p} has no '{FOLDER_SPLITS[split][0]}' folder; expected {p}/{FOLDER_SPLITS[split][0]}/<emotion>/*.jpg"
+        )
+    return load_folder(d, split, size, skip_blank, limit)
+
+
+def has_split(data: str | os.PathLike, split: str) -> bool:
+    p = Path(data)
+    if p.is_dir():
+        return find_split_dir(p, split) is not None
+    if split == "train":
+        return True
+    opener = gzip.open if p.suffix == ".gz" else open
+    try:
+        with opener(p, "rt", newline="") as fh:
+            reader = csv.DictReader(fh)
+            if "Usage" not in (reader.fieldnames or []):
+                return False
+            return any(row["Usage"] == CSV_USAGE[split] for row in reader)
+    except (OSError, EOFError, csv.Error):
+        return False
+
+
+def stratified_split(split: Split, fraction: float, seed: int) -> tuple[Split, Split]:
+    """Hold out ``fraction`` of each class as validation, deterministically for ``seed``."""
+    if not 0 < fraction < 1:
+        raise EmoError(f"--val-fraction must be between 0 and 1, got {fraction}")
+    rng = np.random.default_rng(seed)
+    val_idx = []
+    for c in np.unique(split.labels):
+        idx = np.flatnonzero(split.labels == c)
+        rng.shuffle(idx)
+        val_idx.extend(idx[: max(1, int(round(len(idx) * fraction)))])
+    mask = np.zeros(len(split.labels), bool)
+    mask[val_idx] = True
+
+    def sub(m: np.ndarray, name: str) -> Split:
+        rep = DataReport(source=split.report.source + f" (stratified {fraction:.0%} {name})", split=name, count=int(m.sum()))
+        rep.per_class = {LABELS[i]: int((split.labels[m] == i).sum()) for i in range(len(LABELS))}
+        return Split(split.images[m], split.labels[m], rep)
+
+    return sub(~mask, "train"), sub(mask, "val")

@@ -1,0 +1,106 @@
+"""Face detectors: OpenCV's Haar cascade (default, ships with OpenCV 4.x) and YuNet
+(``cv2.FaceDetectorYN``, with a model file the user provides). Boxes are ``(x, y, w, h)`` in
+pixels of the original frame."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .errors import EmoError
+from .preprocess import to_gray
+
+Box = tuple[int, int, int, int]
+
+
+class HaarDetector:
+    """Frontal-face Haar cascade, run on a frame downscaled to ``max_side`` for speed."""
+
+    name = "haar"
+
+    def __init__(self, max_side: int = 320, min_face: float = 0.08, scale_factor: float = 1.15, min_neighbors: int = 5):
+        path = Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml"
+        self.cascade = cv2.CascadeClassifier(str(path))
+        if self.cascade.empty():
+            raise EmoError(f"OpenCV's Haar cascade {path} could not be loaded; reinstall opencv-python-headless<5")
+        self.max_side = max_side
+        self.min_face = min_face  # as a fraction of the shorter frame side
+        self.scale_factor = scale_factor
+        self.min_neighbors = min_neighbors
+
+    def detect(self, image: np.ndarray) -> list[Box]:
+        gray = to_gray(image)
+        h, w = gray.shape[:2]
+        s = min(1.0, self.max_side / max(h, w))
+        small = cv2.resize(gray, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA) if s < 1 else gray
+        small = cv2.equalizeHist(small)
+        m = max(20, int(round(min(small.shape[:2]) * self.min_face)))
+        found = self.cascade.detectMultiScale(small, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors, minSize=(m, m))
+        boxes = [tuple(int(round(v / s)) for v in b) for b in (found if len(found) else [])]
+        return sorted(drop_nested(boxes), key=lambda b: (b[0], b[1]))
+
+
+def drop_nested(boxes: list[Box], cover: float = 0.5) -> list[Box]:
+    """Drop boxes mostly inside a larger one (Haar sometimes fires again on a chin or a mouth)."""
+    keep: list[Box] = []
+    for b in sorted(boxes, key=lambda b: -b[2] * b[3]):
+        x, y, w, h = b
+        inside = False
+        for k in keep:
+            ix = max(0, min(x + w, k[0] + k[2]) - max(x, k[0]))
+            iy = max(0, min(y + h, k[1] + k[3]) - max(y, k[1]))
+            if ix * iy > cover * w * h:
+                inside = True
+                break
+        if not inside:
+            keep.append(b)
+    return keep
+
+
+class YuNetDetector:
+    """YuNet through ``cv2.FaceDetectorYN``; the model file is never bundled or downloaded."""
+
+    name = "yunet"
+
+    def __init__(self, model: str | os.PathLike, max_side: int = 640, score_threshold: float = 0.7):
+        p = Path(model) if model else None
+        if p is None or not p.is_file():
+            raise EmoError(f"YuNet model {model} does not exist; pass --detector-model PATH to face_detection_yunet.onnx")
+        if not hasattr(cv2, "FaceDetectorYN"):
+            raise EmoError("this OpenCV has no FaceDetectorYN; install opencv-python-headless>=4.8,<5")
+        try:
+            self.det = cv2.FaceDetectorYN.create(str(p), "", (320, 320), score_threshold, 0.3, 50)
+        except cv2.error as e:
+            raise EmoError(f"{p} is not a YuNet model OpenCV can load ({str(e).strip().splitlines()[-1][:100]})") from None
+        self.max_side = max_side
+
+    def detect(self, image: np.ndarray) -> list[Box]:
+        if image.ndim == 2:
+            image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+        elif image.shape[2] == 4:
+            image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+        h, w = image.shape[:2]
+        s = min(1.0, self.max_side / max(h, w))
+        small = cv2.resize(image, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA) if s < 1 else image
+        self.det.setInputSize((small.shape[1], small.shape[0]))
+        _, faces = self.det.detect(small)
+        boxes = []
+        for f in faces if faces is not None else []:
+            x, y, bw, bh = (float(v) / s for v in f[:4])
+            x0, y0 = max(0, int(round(x))), max(0, int(round(y)))
+            x1, y1 = min(w, int(round(x + bw))), min(h, int(round(y + bh)))
+            if x1 > x0 and y1 > y0:
+                boxes.append((x0, y0, x1 - x0, y1 - y0))
+        return sorted(boxes, key=lambda b: (b[0], b[1]))
+
+
+def make_detector(kind: str = "haar", model: str | os.PathLike | None = None, max_side: int | None = None):
+    if kind == "haar":
+        return HaarDetector(**({"max_side": max_side} if max_side else {}))
+    if kind == "yunet":
+        if not model:
+            raise EmoError("--detector yunet needs --detector-model PATH (face_detection_yunet.onnx from opencv_zoo)")
+        return YuNetDetector(model, **({"max_side": max_side} if max_side else {}))
+    raise EmoError(f"unknown detector '{kind}'; use haar or yunet")

@@ -1,0 +1,135 @@
+"""Outputs of `emo-edge infer`: JSON Lines, a live terminal table, and annotated media."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import IO, Optional
+
+import cv2
+import numpy as np
+
+from .errors import EmoError
+from .sources import IMAGE_EXTS, VIDEO_EXTS
+
+
+def frame_record(source: str, frame_index: int, timestamp: float, faces: list, timing: dict, name: str = "") -> dict:
+    """One JSON Lines object (schema documented in README.md)."""
+    rec = {"source": source, "frame": frame_index, "timestamp": round(timestamp, 4)}
+    if name:
+        rec["file"] = name
+    rec["faces"] = [f.to_dict() for f in faces]
+    rec["timing_ms"] = {k.removesuffix("_ms"): round(v, 3) for k, v in timing.items()}
+    return rec
+
+
+class JsonLinesWriter:
+    def __init__(self, stream: IO[str] = sys.stdout):
+        self.stream = stream
+
+    def write(self, rec: dict) -> None:
+        self.stream.write(json.dumps(rec, separators=(",", ":")) + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        self.stream.flush()
+
+
+class TableWriter:
+    """A readable table per frame for a terminal; redraws in place for live sources."""
+
+    def __init__(self, labels, live: bool, stream: IO[str] = sys.stdout):
+        self.labels, self.live, self.stream = labels, live, stream
+
+    def write(self, rec: dict) -> None:
+        out = []
+        if self.live:
+            out.append("\x1b[H\x1b[J")
+        head = f"{rec['source']}" + (f"  {rec['file']}" if rec.get("file") else "") + f"  frame {rec['frame']}"
+        t = rec["timing_ms"]
+        head += f"  ({sum(t.values()):.1f} ms: " + ", ".join(f"{k} {v:.1f}" for k, v in t.items()) + ")"
+        out.append(head)
+        if not rec["faces"]:
+            out.append("  no faces")
+        else:
+            out.append("  " + f"{'face':<6}{'track':<7}{'box':<22}{'top':<10}" + "".join(f"{n[:8]:>9}" for n in self.labels))
+            for i, f in enumerate(rec["faces"]):
+                box = ",".join(str(v) for v in f["box"])
+                out.append("  " + f"{i:<6}{f['track']:<7}{box:<22}{f['emotion']:<10}" + "".join(f"{f['scores'][n]:>8.1f}%" for n in self.labels))
+        self.stream.write("\n".join(out) + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        self.stream.flush()
+
+
+COLORS = [(80, 80, 230), (60, 160, 60), (160, 60, 160), (40, 200, 240), (200, 120, 40), (240, 200, 40), (180, 180, 180)]
+
+
+def annotate(image: np.ndarray, faces: list, labels) -> np.ndarray:
+    """Draw boxes, the top emotion and a bar per emotion next to each face."""
+    img = image.copy() if image.ndim == 3 and image.shape[2] == 3 else cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    h, w = img.shape[:2]
+    th = max(1, round(min(h, w) / 300))
+    fs = max(0.35, min(h, w) / 900)
+    for f in faces:
+        x, y, bw, bh = f.box
+        color = COLORS[labels.index(f.emotion) % len(COLORS)]
+        cv2.rectangle(img, (x, y), (x + bw, y + bh), color, th)
+        text = f"#{f.track} {f.emotion} {f.confidence:.0f}%"
+        cv2.putText(img, text, (x, max(12, y - 6)), cv2.FONT_HERSHEY_SIMPLEX, fs, color, th, cv2.LINE_AA)
+        bar_w = max(40, bw // 2)
+        row = max(8, int(14 * fs / 0.5))
+        bx = x + bw + 6 if x + bw + 6 + bar_w + 60 < w else max(0, x - bar_w - 66)
+        for i, name in enumerate(labels):
+            yy = y + i * row
+            v = f.scores[name] / 100
+            cv2.rectangle(img, (bx, yy), (bx + int(bar_w * v), yy + row - 3), COLORS[i % len(COLORS)], -1)
+            cv2.putText(img, f"{name[:3]} {f.scores[name]:.0f}", (bx + bar_w + 4, yy + row - 4), cv2.FONT_HERSHEY_SIMPLEX, fs * 0.8, (255, 255, 255), 1, cv2.LINE_AA)
+    return img
+
+
+class AnnotatedSaver:
+    """``--save PATH``: an image file (single-image sources), a video file, or a folder."""
+
+    def __init__(self, path: str, single_image: bool, fps: float):
+        self.path = Path(path)
+        ext = self.path.suffix.lower()
+        self.mode = "video" if ext in VIDEO_EXTS else "image" if ext in IMAGE_EXTS else "folder"
+        if self.mode == "image" and not single_image:
+            raise EmoError(f"--save {path} is one image but the source has many frames; give a folder or a .mp4/.avi path")
+        target = self.path if self.mode == "folder" else self.path.parent
+        try:
+            target.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise EmoError(f"cannot create {target} for --save: {e.strerror}") from None
+        if not os.access(target, os.W_OK):
+            raise EmoError(f"--save: {target} is not writable")
+        self.fps = fps if fps and fps > 0 else 15.0
+        self.writer: Optional[cv2.VideoWriter] = None
+        self.count = 0
+
+    def write(self, image: np.ndarray, index: int, name: str = "") -> None:
+        if self.mode == "image":
+            if not cv2.imwrite(str(self.path), image):
+                raise EmoError(f"could not write {self.path}; check the extension and the disk")
+        elif self.mode == "folder":
+            stem = Path(name).stem if name else f"frame_{index:06d}"
+            cv2.imwrite(str(self.path / f"{stem}.jpg"), image)
+        else:
+            if self.writer is None:
+                fourcc = cv2.VideoWriter_fourcc(*("MJPG" if self.path.suffix.lower() == ".avi" else "mp4v"))
+                self.size = (image.shape[1], image.shape[0])
+                self.writer = cv2.VideoWriter(str(self.path), fourcc, self.fps, self.size)
+                if not self.writer.isOpened():
+                    raise EmoError(f"could not open {self.path} for writing video; try an .avi path")
+            if (image.shape[1], image.shape[0]) != self.size:
+                image = cv2.resize(image, self.size)
+            self.writer.write(image)
+        self.count += 1
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.release()
+            self.writer = None

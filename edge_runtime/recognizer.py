@@ -1,0 +1,88 @@
+"""The Python API: ``Recognizer(model).process(frame)`` -> a list of :class:`Face`.
+
+Steps per frame: detect faces (every ``detect_every`` frames; between detections the tracked
+boxes are reused), crop and normalise all faces, classify them as one batch, then match them to
+tracks and smooth their scores.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .classifier import Classifier
+from .faces import make_detector
+from .preprocess import faces_to_tensor
+from .tracking import IouTracker
+
+
+@dataclass
+class Face:
+    box: tuple[int, int, int, int]  # x, y, w, h in pixels of the frame
+    track: int
+    emotion: str  # top emotion
+    scores: dict[str, float]  # percent per emotion, summing to 100
+
+    @property
+    def confidence(self) -> float:
+        return self.scores[self.emotion]
+
+    def to_dict(self) -> dict:
+        return {"box": list(self.box), "track": self.track, "emotion": self.emotion,
+                "confidence": round(self.confidence, 2), "scores": self.scores}
+
+
+@dataclass
+class Recognizer:
+    """Faces and their emotions in BGR frames.
+
+    >>> rec = Recognizer()                      # bundled default model, Haar detector
+    >>> faces = rec.process(cv2.imread("examples/astronaut.png"))
+    >>> faces[0].emotion, faces[0].scores["happy"]
+    """
+
+    model: str | os.PathLike | None = None
+    detector: str = "haar"
+    detector_model: str | None = None
+    threads: int = 1
+    spin: bool = True
+    detect_every: int = 1
+    smooth: float = 0.0
+    detect_max_side: int | None = None
+    timings: dict = field(default_factory=dict, init=False)
+
+    def __post_init__(self):
+        self.classifier = Classifier(self.model, threads=self.threads, spin=self.spin)
+        self.det = make_detector(self.detector, self.detector_model, self.detect_max_side)
+        self.tracker = IouTracker(smooth=self.smooth)
+        self.labels = self.classifier.labels
+        self._n = 0
+
+    def reset(self) -> None:
+        """Forget tracks (call between unrelated images)."""
+        self.tracker = IouTracker(smooth=self.smooth)
+        self._n = 0
+
+    def process(self, frame: np.ndarray) -> list[Face]:
+        t0 = time.perf_counter()
+        if self._n % max(1, self.detect_every) == 0:
+            boxes = self.det.detect(frame)
+        else:
+            boxes = self.tracker.live_boxes()
+        self._n += 1
+        t1 = time.perf_counter()
+        x = faces_to_tensor(frame, boxes, self.classifier.spec)
+        t2 = time.perf_counter()
+        probs = self.classifier.predict(x)
+        t3 = time.perf_counter()
+        tracks = self.tracker.update(boxes, probs)
+        faces = []
+        for box, tr in zip(boxes, tracks):
+            p = tr.scores
+            pct = {name: round(float(v) * 100, 2) for name, v in zip(self.labels, p)}
+            faces.append(Face(tuple(int(v) for v in box), tr.id, self.labels[int(np.argmax(p))], pct))
+        self.timings = {"detect_ms": (t1 - t0) * 1e3, "preprocess_ms": (t2 - t1) * 1e3,
+                        "classify_ms": (t3 - t2) * 1e3, "track_ms": (time.perf_counter() - t3) * 1e3}
+        return faces

@@ -1,0 +1,74 @@
+"""IoU tracking of face boxes across frames, with exponential smoothing of scores per track."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def iou(a, b) -> float:
+    ax, ay, aw, ah = a
+    bx, by, bw, bh = b
+    ix = max(0, min(ax + aw, bx + bw) - max(ax, bx))
+    iy = max(0, min(ay + ah, by + bh) - max(ay, by))
+    inter = ix * iy
+    union = aw * ah + bw * bh - inter
+    return inter / union if union > 0 else 0.0
+
+
+@dataclass
+class Track:
+    id: int
+    box: tuple
+    scores: np.ndarray
+    missed: int = 0
+    age: int = 1
+
+
+class IouTracker:
+    """Greedy IoU matching of new boxes to live tracks.
+
+    ``smooth`` in [0, 1) is the weight of a track's previous scores: 0 turns smoothing off, 0.6
+    keeps labels steady at camera frame rates. A track survives ``max_missed`` frames unseen.
+    """
+
+    def __init__(self, iou_threshold: float = 0.3, smooth: float = 0.0, max_missed: int = 10):
+        if not 0 <= smooth < 1:
+            raise ValueError("smooth must be in [0, 1)")
+        self.iou_threshold, self.smooth, self.max_missed = iou_threshold, smooth, max_missed
+        self.tracks: list[Track] = []
+        self._next = 1
+
+    def update(self, boxes: list, scores: np.ndarray) -> list[Track]:
+        """Match ``boxes`` (with their ``scores``) to tracks; returns the track of each box, in order."""
+        pairs = sorted(
+            ((iou(t.box, b), ti, bi) for ti, t in enumerate(self.tracks) for bi, b in enumerate(boxes)),
+            reverse=True,
+        )
+        assigned: dict[int, Track] = {}
+        used = set()
+        for v, ti, bi in pairs:
+            if v < self.iou_threshold:
+                break
+            if ti in used or bi in assigned:
+                continue
+            t = self.tracks[ti]
+            t.box, t.missed, t.age = tuple(boxes[bi]), 0, t.age + 1
+            t.scores = self.smooth * t.scores + (1 - self.smooth) * scores[bi]
+            assigned[bi] = t
+            used.add(ti)
+        for ti, t in enumerate(self.tracks):
+            if ti not in used:
+                t.missed += 1
+        for bi, b in enumerate(boxes):
+            if bi not in assigned:
+                t = Track(self._next, tuple(b), np.array(scores[bi], np.float32))
+                self._next += 1
+                self.tracks.append(t)
+                assigned[bi] = t
+        self.tracks = [t for t in self.tracks if t.missed <= self.max_missed]
+        return [assigned[i] for i in range(len(boxes))]
+
+    def live_boxes(self) -> list[tuple]:
+        """Boxes of the tracks seen in the last frame (used between detections)."""
+        return [t.box for t in self.tracks if t.missed == 0]

@@ -1,0 +1,64 @@
+"""`emo-export model.pt`: fp32 + static int8 ONNX, verified against the PyTorch original."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from emo.edge_runtime.errors import EmoError
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
+                  help="Export an emo checkpoint to fp32 and int8 ONNX, verified on real faces.")
+
+
+@app.command()
+def export(
+    checkpoint: Path = typer.Argument(..., help="model.pt written by emo-train."),
+    out_dir: Optional[Path] = typer.Option(None, help="Output folder (default: the checkpoint's folder)."),
+    name: Optional[str] = typer.Option(None, help="Base file name (default: the checkpoint's stem, e.g. model)."),
+    calib_data: Optional[str] = typer.Option(None, help="Real faces for calibration: FER2013 folder or CSV (default: the checkpoint's training data)."),
+    calib_size: int = typer.Option(500, min=1, help="Number of calibration faces."),
+    calib_method: str = typer.Option("minmax", help="minmax, entropy, percentile, or auto (keeps the most accurate)."),
+    per_channel: bool = typer.Option(True, "--per-channel/--per-tensor", help="Per-channel int8 weights."),
+    val_data: Optional[str] = typer.Option(None, help="Labelled faces for verification (default: the calibration data's val split)."),
+    val_size: int = typer.Option(0, min=0, help="Verify on N validation faces (0: all)."),
+    opset: int = typer.Option(17, min=13, help="ONNX opset (13+ for per-channel QDQ)."),
+    max_abs_diff: float = typer.Option(1e-4, help="Gate: max |logit difference| of fp32 ONNX vs PyTorch."),
+    min_agreement: float = typer.Option(0.98, help="Gate: minimum int8-vs-fp32 top-1 agreement (0-1)."),
+    max_acc_drop: float = typer.Option(0.01, help="Gate: maximum int8 accuracy drop vs fp32 (0.01 = 1 point)."),
+    ort_format: bool = typer.Option(False, "--ort-format", help="Also write .ort files for minimal onnxruntime builds."),
+    seed: int = typer.Option(0, help="Seed for sampling calibration and validation faces."),
+    crop_margin: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="Crop margin per side the runtime adds to face boxes (default: the checkpoint's)."),
+) -> None:
+    """Write NAME.onnx, NAME.int8.onnx and export-report.json; exit 1 if a verification gate fails."""
+    from .exporter import ExportOptions, Gates, export as do_export, format_report
+
+    opts = ExportOptions(out_dir=out_dir, name=name, calib_data=calib_data, calib_size=calib_size, calib_method=calib_method,
+                         per_channel=per_channel, val_data=val_data, val_size=val_size, opset=opset, ort_format=ort_format,
+                         seed=seed, crop_margin=crop_margin, gates=Gates(max_abs_diff, min_agreement, max_acc_drop))
+    report = do_export(checkpoint, opts, log=lambda s: print(s, file=sys.stderr, flush=True))
+    print(format_report(report))
+    print(f"report: {report['report_path']}")
+    if not report["passed"]:
+        bad = [k for k, g in report["gates"].items() if not g["passed"]]
+        print(f"emo-export: error: verification failed ({', '.join(bad)}); kept the failed files as "
+              f"{', '.join(report['files'].values())}; any earlier good export is untouched", file=sys.stderr)
+        raise typer.Exit(1)
+    print("export verified: " + ", ".join(report["files"].values()))
+
+
+def main() -> None:
+    try:
+        app()
+    except EmoError as e:
+        print(f"emo-export: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("emo-export: interrupted; nothing was overwritten", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,126 @@
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+import torch
+
+from emo.edge_runtime.errors import EmoError
+from emo.train.checkpoint import load_checkpoint, model_from_checkpoint
+from emo.train.models import REGISTRY, build_model, count_macs, count_params
+
+from conftest import bin_path, run_cli
+
+
+def test_seed_is_the_original_design():
+    m = build_model("seed")
+    convs = [l for l in m.modules() if isinstance(l, torch.nn.Conv2d)]
+    fcs = [l for l in m.modules() if isinstance(l, torch.nn.Linear)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size, c.padding) for c in convs] == [(1, 32, (5, 5), (2, 2)), (32, 64, (3, 3), (1, 1))]
+    assert [(f.in_features, f.out_features) for f in fcs] == [(9216, 256), (256, 7)]
+    assert count_params(m) == 2_380_679
+    m.eval()  # dropout only in training: eval output is deterministic
+    x = torch.randn(4, 1, 48, 48)
+    assert torch.equal(m(x), m(x))
+
+
+@pytest.mark.parametrize("arch", sorted(REGISTRY))
+def test_registered_archs_are_small_and_run(arch):
+    m = build_model(arch).eval()
+    assert m(torch.zeros(3, 1, 48, 48)).shape == (3, 7)
+    if arch != "seed":
+        assert count_params(m) <= 1_000_000 and count_macs(m) < 70e6
+
+
+def test_unknown_arch():
+    with pytest.raises(EmoError, match="unknown architecture"):
+        build_model("resnet152")
+
+
+def _fit(data, out, name, *extra):
+    return run_cli("emo-train", "fit", "--data", data, "--out", out, "--name", name, "--no-progress", *extra)
+
+
+def _same_weights(a, b, atol=0.0):
+    sa, sb = load_checkpoint(a)["state_dict"], load_checkpoint(b)["state_dict"]
+    return all(torch.allclose(sa[k].float(), sb[k].float(), atol=atol, rtol=0) for k in sa)
+
+
+def test_fit_writes_a_complete_run(small_fer, tmp_path):
+    r = _fit(small_fer, tmp_path, "r", "--arch", "emonet-s", "--epochs", "2", "--batch-size", "32", "--tta")
+    assert r.returncode == 0, r.stderr
+    run = tmp_path / "r"
+    for f in ("model.pt", "last.pt", "metrics.json", "log.csv", "curves.png", "confusion.png", "config.json"):
+        assert (run / f).is_file(), f
+    ck = torch.load(run / "model.pt", weights_only=True)
+    assert ck["format"] == "emo-checkpoint" and ck["arch"] == "emonet-s" and len(ck["metrics"]["history"]) >= 1
+    assert "train_fingerprint" in ck["data"] and ck["labels"][3] == "happy"
+    m = json.loads((run / "metrics.json").read_text())
+    assert "val_accuracy_tta" in m["history"][0]
+    assert (run / "log.csv").read_text().count("\n") == 3
+    model_from_checkpoint(ck)
+
+
+def test_sigint_saves_and_resume_matches_uninterrupted_run(small_fer, tmp_path):
+    args = ["--arch", "seed", "--epochs", "6", "--batch-size", "16", "--seed", "3", "--set", "optimizer=\"adam\"", "--set", "lr=0.0005"]
+    full = _fit(small_fer, tmp_path, "full", *args)
+    assert full.returncode == 0, full.stderr
+    p = subprocess.Popen([bin_path("emo-train"), "fit", "--data", str(small_fer), "--out", str(tmp_path), "--name", "cut",
+                          "--no-progress", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in p.stdout:
+        if line.startswith("epoch 1/"):
+            break
+    time.sleep(0.3)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 130, (out, err)
+    assert "Traceback" not in err and "--resume" in out
+    last = load_checkpoint(tmp_path / "cut" / "last.pt")
+    assert last["trainer_state"]["step"] < 6 * (280 // 16)
+    r = run_cli("emo-train", "fit", "--resume", tmp_path / "cut", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert _same_weights(tmp_path / "full" / "model.pt", tmp_path / "cut" / "model.pt")
+    h1 = json.loads((tmp_path / "full" / "metrics.json").read_text())["history"]
+    h2 = json.loads((tmp_path / "cut" / "metrics.json").read_text())["history"]
+    assert [h["val_accuracy"] for h in h1] == [h["val_accuracy"] for h in h2]
+
+
+def test_resume_refuses_recipe_changes(small_fer, tmp_path):
+    r = _fit(small_fer, tmp_path, "a", "--arch", "seed", "--max-steps", "3")
+    assert r.returncode == 0
+    r = run_cli("emo-train", "fit", "--resume", tmp_path / "a", "--lr", "0.1")
+    assert r.returncode == 2 and "cannot change: lr" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_ddp_two_processes_match_single_process(small_fer, tmp_path):
+    args = ["--arch", "seed", "--max-steps", "6", "--batch-size", "32", "--no-augment", "--set", "arch_args={\"dropout\": 0.0}",
+            "--set", "optimizer=\"adam\"", "--set", "lr=0.001", "--threads", "1"]
+    single = _fit(small_fer, tmp_path, "single", *args)
+    assert single.returncode == 0, single.stderr
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([bin_path("torchrun"), "--standalone", "--nproc-per-node", "2", "-m", "emo.train.cli", "fit",
+                        "--data", str(small_fer), "--out", str(tmp_path), "--name", "ddp", "--no-progress", *args],
+                       capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert _same_weights(tmp_path / "single" / "model.pt", tmp_path / "ddp" / "model.pt", atol=1e-5)
+
+
+def test_evaluate_outputs_table_and_json(seed_run, small_fer, tmp_path):
+    r = run_cli("emo-train", "evaluate", seed_run / "model.pt", small_fer, "--json", tmp_path / "e.json", "--tta")
+    assert r.returncode == 0, r.stderr
+    assert "confusion matrix" in r.stdout and "precision" in r.stdout and "flip TTA" in r.stdout
+    rep = json.loads((tmp_path / "e.json").read_text())["report"]
+    assert rep["n"] == 84 and len(rep["confusion_matrix"]) == 7
+    assert sum(map(sum, rep["confusion_matrix"])) == 84
+    assert 0 <= rep["accuracy"] <= 1 and set(rep["per_class"]) >= {"happy", "disgust"}
+
+
+def test_bad_checkpoint_files(tmp_path):
+    (tmp_path / "x.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(EmoError, match="not a PyTorch checkpoint"):
+        load_checkpoint(tmp_path / "x.pt")
+    torch.save({"a": 1}, tmp_path / "y.pt")
+    with pytest.raises(EmoError, match="not an emo checkpoint"):
+        load_checkpoint(tmp_path / "y.pt")

@@ -1,0 +1,1 @@
+"""emo trainer: small CNNs for FER2013 in PyTorch (needs the ``[train]`` extra)."""
