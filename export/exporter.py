@@ -136,13 +136,22 @@ def stamp_metadata(path: Path, meta: ModelMetadata) -> None:
     onnx.save(m, str(path))
 
 
-def quantize(fp32: Path, out: Path, calib: np.ndarray, method: str, per_channel: bool) -> None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        quantize_static(str(fp32), str(out), CalibReader(calib, "input"), quant_format=QuantFormat.QDQ,
-                        per_channel=per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=METHODS[method])
-    onnx.checker.check_model(str(out))
+def quantize(fp32: Path, out: Path, calib: np.ndarray, method: str, per_channel: bool, batch: int = 50) -> None:
+    """Static QDQ quantisation. Calibration batches all have one size (the histogram-based
+    calibrators cannot stack a smaller last batch)."""
+    batch = min(batch, len(calib))
+    calib = calib[: len(calib) // batch * batch]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            quantize_static(str(fp32), str(out), CalibReader(calib, "input", batch), quant_format=QuantFormat.QDQ,
+                            per_channel=per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=METHODS[method])
+        onnx.checker.check_model(str(out))
+    except Exception as e:  # onnxruntime.quantization raises plain ValueError/RuntimeError
+        msg = str(e).strip().splitlines()[-1][:160] if str(e).strip() else type(e).__name__
+        hint = "try --calib-method minmax" if method != "minmax" else "check the calibration faces (--calib-data)"
+        raise EmoError(f"int8 quantisation with {method} calibration failed ({msg}); {hint}") from None
 
 
 def run_onnx(path: Path, x: np.ndarray, threads: int = 1, batch: int = 256) -> np.ndarray:
@@ -197,6 +206,9 @@ def export(checkpoint: str | os.PathLike, opts: ExportOptions, log: Callable[[st
     ckpt = Path(checkpoint)
     ck = load_checkpoint(ckpt)
     model = model_from_checkpoint(ck)
+    bad = [k for k, v in ck["state_dict"].items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise EmoError(f"{ckpt} has NaN or infinite weights ({', '.join(bad[:3])}); the training run diverged or the file is corrupt")
     spec = InputSpec.from_dict(ck["input"])
     if opts.crop_margin is not None:
         spec = replace(spec, margin=opts.crop_margin)

@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 
 import numpy as np
 import onnx
@@ -74,15 +75,16 @@ def test_export_each_registered_arch(arch, small_fer, tmp_path):
 
 
 def test_failed_gate_keeps_good_export(seed_run, tmp_path, fer_root):
-    """Calibrating on blank images breaks int8; the earlier good export must survive."""
+    """Calibrating on (nearly) blank images breaks int8; the earlier good export must survive."""
     good = seed_run / "model.int8.onnx"
     before = good.read_bytes()
     blank = tmp_path / "blank" / "train" / "neutral"
     blank.mkdir(parents=True)
     import cv2
 
-    for i in range(20):
-        cv2.imwrite(str(blank / f"b{i}.png"), np.full((48, 48), 255 if i % 2 else 0, np.uint8))
+    rng = np.random.default_rng(0)
+    for i in range(60):  # nearly blank: grey with one-level noise (fully constant ones are skipped)
+        cv2.imwrite(str(blank / f"b{i}.png"), (128 + rng.integers(0, 2, (48, 48))).astype(np.uint8))
     r = run_cli("emo-export", seed_run / "model.pt", "--calib-data", tmp_path / "blank", "--val-data", fer_root, "--val-size", 300)
     assert r.returncode == 1, r.stdout + r.stderr
     assert "verification failed" in r.stderr and "Traceback" not in r.stderr
@@ -96,15 +98,36 @@ def test_failed_gate_keeps_good_export(seed_run, tmp_path, fer_root):
     assert r.returncode == 0
 
 
-def test_fp32_gate_fails_on_corrupted_weights(seed_run, tmp_path):
-    """Corrupt the checkpoint's weights to NaN: the fp32 gate must fail and say so."""
+def test_fp32_gate_fails_on_corrupted_onnx_weights(seed_run, tmp_path, monkeypatch):
+    """Corrupt one weight tensor of the exported fp32 graph: the fp32 gate must catch it."""
+    from onnx import numpy_helper
+
+    import emo.export.exporter as ex
+
+    real = ex.torch_to_onnx
+
+    def corrupting(model, spec, path, opset):
+        real(model, spec, path, opset)
+        m = onnx.load(str(path))
+        init = max(m.graph.initializer, key=lambda t: np.prod(t.dims))
+        w = numpy_helper.to_array(init).copy()
+        w.flat[::7] *= -3.0
+        init.CopyFrom(numpy_helper.from_array(w, init.name))
+        onnx.save(m, str(path))
+
+    monkeypatch.setattr(ex, "torch_to_onnx", corrupting)
+    shutil.copy(seed_run / "model.pt", tmp_path / "m.pt")
+    rep = ex.export(tmp_path / "m.pt", ex.ExportOptions(val_size=200, calib_size=100), log=lambda s: None)
+    assert not rep["passed"] and not rep["gates"]["fp32_matches_torch"]["passed"]
+    assert not (tmp_path / "m.onnx").exists() and (tmp_path / "m.FAILED.onnx").exists()
+
+
+def test_nan_weights_are_refused(seed_run, tmp_path):
     ck = load_checkpoint(seed_run / "model.pt")
     ck["state_dict"]["classifier.4.weight"][:] = float("nan")
     save_atomic(ck, tmp_path / "broken.pt")
-    r = run_cli("emo-export", tmp_path / "broken.pt", "--val-size", 200, "--calib-size", 100)
-    assert r.returncode == 1
-    assert "fp32_matches_torch" in r.stderr
-    assert not (tmp_path / "broken.onnx").exists() and (tmp_path / "broken.FAILED.onnx").exists()
+    r = run_cli("emo-export", tmp_path / "broken.pt")
+    assert r.returncode == 2 and "NaN or infinite weights" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_tight_threshold_flag_fails_the_gate(seed_run, tmp_path):

@@ -125,8 +125,8 @@ class EmoNet(nn.Module):
 
     def __init__(
         self,
-        widths: tuple[int, ...] = (32, 64, 128, 192),
-        blocks: tuple[int, ...] = (1, 1, 1),
+        widths: tuple[int, ...] = (16, 32, 64, 128),
+        blocks: tuple[int, ...] = (1, 1, 2),
         sep: bool = False,
         dropout: float = 0.2,
         num_classes: int = NUM_CLASSES,
@@ -167,7 +167,7 @@ def emonet(**kw) -> nn.Module:
 @register("emonet-s")
 def emonet_s(**kw) -> nn.Module:
     """Smaller, depthwise-separable variant for the slowest devices."""
-    kw.setdefault("widths", (32, 64, 128, 256))
+    kw.setdefault("widths", (24, 48, 96, 192))
     kw.setdefault("blocks", (1, 2, 2))
     kw.setdefault("sep", True)
     return EmoNet(**kw)

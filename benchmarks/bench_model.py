@@ -1,0 +1,84 @@
+#!/usr/bin/env python3
+"""Model latency: every model file given (fp32, int8, .ort), batch sizes, thread counts.
+
+    python benchmarks/bench_model.py                          # the bundled default model
+    python benchmarks/bench_model.py m.onnx m.int8.onnx --threads 1 2 4 --batches 1 4 16
+    python benchmarks/bench_model.py m.onnx m.int8.onnx --checkpoint model.pt   # + PyTorch eager row (needs torch)
+
+Writes JSON (and a Markdown table next to it) to --out.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from emo.edge_runtime.bench import add_ratios, device_fingerprint, fingerprint_md, latency_md, model_latency, save_result
+from emo.edge_runtime.classifier import default_model_path
+
+
+def torch_peer(checkpoint: Path):
+    """A PyTorch eager runner for the side-by-side row (only when torch is installed)."""
+    try:
+        import torch
+
+        from emo.train.checkpoint import load_checkpoint, model_from_checkpoint
+    except ImportError:
+        print("bench_model: torch is not installed; skipping the PyTorch row", file=sys.stderr)
+        return None
+    model = model_from_checkpoint(load_checkpoint(checkpoint))
+
+    def run(x):
+        with torch.inference_mode():
+            return model(torch.from_numpy(x))
+
+    torch.set_num_threads(1)
+    return run
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("models", nargs="*", type=Path, help="ONNX/ORT model files (default: the bundled model)")
+    ap.add_argument("--batches", nargs="+", type=int, default=[1, 4, 16])
+    ap.add_argument("--threads", nargs="+", type=int, default=None, help="default: 1 up to the core count, doubling")
+    ap.add_argument("--runs", type=int, default=500)
+    ap.add_argument("--warmup", type=int, default=30)
+    ap.add_argument("--checkpoint", type=Path, help="model.pt for the PyTorch eager row (1 thread)")
+    ap.add_argument("--quick", action="store_true", help="few runs, batch 1 and 4, 1 thread: a smoke test")
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results") / f"model-{os.uname().nodename}.json")
+    a = ap.parse_args(argv)
+    models = a.models or [default_model_path()]
+    for m in models:
+        if not m.is_file():
+            print(f"bench_model: error: {m} does not exist", file=sys.stderr)
+            return 2
+    cores = os.cpu_count() or 1
+    threads = a.threads or sorted({1, *[t for t in (2, 4, 8) if t <= cores], cores})
+    batches, runs, warmup = a.batches, a.runs, a.warmup
+    if a.quick:
+        threads, batches, runs, warmup = [1], [1, 4], 30, 5
+    peers = {}
+    if a.checkpoint:
+        fn = torch_peer(a.checkpoint)
+        if fn:
+            peers["pytorch-eager"] = fn
+    log = lambda s: print(f"bench_model: {s}", file=sys.stderr, flush=True)  # noqa: E731
+    log(f"{len(models)} model(s), batches {batches}, threads {threads}, {runs} runs each")
+    t0 = time.time()
+    rows = model_latency(models, batches, threads, warmup, runs, peers, progress=log)
+    add_ratios(rows)
+    fp = device_fingerprint(threads)
+    result = {"benchmark": "model_latency", "schema": 1, "quick": a.quick, "device": fp, "settings":
+              {"batches": batches, "threads": threads, "runs": runs, "warmup": warmup}, "rows": rows,
+              "seconds": time.time() - t0}
+    md = "# Model latency\n\n" + fingerprint_md(fp) + "\n" + latency_md(rows)
+    save_result(result, a.out, md)
+    print(md)
+    log(f"wrote {a.out} and {a.out.with_suffix('.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""Each benchmark script in --quick mode: JSON schema and Markdown table. No timing thresholds."""
+import json
+import subprocess
+import sys
+
+from conftest import REPO
+
+
+def run(script, *args):
+    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *map(str, args)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    return r
+
+
+def check_device(d):
+    assert {"cpu", "cores", "isa", "os", "python", "onnxruntime", "opencv", "threads"} <= set(d)
+    assert {"neon", "dotprod", "avx2", "avx512_vnni"} <= set(d["isa"])
+
+
+def test_model_latency_quick(tmp_path, seed_run):
+    out = tmp_path / "m.json"
+    r = run("bench_model.py", seed_run / "model.onnx", seed_run / "model.int8.onnx", "--checkpoint", seed_run / "model.pt", "--quick", "--out", out)
+    d = json.loads(out.read_text())
+    check_device(d["device"])
+    rows = d["rows"]
+    assert {(r["runtime"], r["precision"]) for r in rows} == {("onnxruntime", "fp32"), ("onnxruntime", "int8"), ("pytorch", "fp32")}
+    assert {r["batch"] for r in rows} == {1, 4}
+    for row in rows:
+        assert row["min_ms"] <= row["median_ms"] <= row["p90_ms"] <= row["p99_ms"] and row["faces_per_s"] > 0
+    assert any("vs_ort_fp32" in row and "vs_pytorch" in row for row in rows if row["precision"] == "int8")
+    md = out.with_suffix(".md").read_text()
+    assert "| model | runtime |" in md and md.count("\n|") >= 7 and "median ms" in r.stdout
+
+
+def test_pipeline_quick(tmp_path):
+    out = tmp_path / "p.json"
+    run("bench_pipeline.py", "--quick", "--out", out)
+    d = json.loads(out.read_text())
+    check_device(d["device"])
+    row = d["rows"][0]
+    assert row["frames"] == 60 and row["faces"] >= 50 and row["frame_size"] == [640, 480]
+    assert set(row["stages_median_ms"]) == {"decode", "detect", "preprocess", "classify", "track", "output", "total"}
+    assert "| haar |" in out.with_suffix(".md").read_text()
+
+
+def test_memory_quick(tmp_path):
+    out = tmp_path / "mem.json"
+    run("bench_memory.py", "--quick", "--out", out)
+    d = json.loads(out.read_text())
+    assert d["frames"] == 300 and d["cli"]["returncode"] == 0 and d["cli"]["peak_rss_mb"] > 10
+    assert d["model_load_ms"] > 0 and len(d["samples"]) >= 2
+    assert "peak RSS" in out.with_suffix(".md").read_text()
+
+
+def test_compare_merges_devices(tmp_path, seed_run):
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    run("bench_model.py", seed_run / "model.int8.onnx", "--quick", "--out", a)
+    d = json.loads(a.read_text())
+    d["device"]["board"] = "Raspberry Pi 5 Model B (pretend)"
+    b.write_text(json.dumps(d))
+    run("compare.py", a, b, "--out", tmp_path / "cmp")
+    md = (tmp_path / "cmp.md").read_text()
+    assert "Raspberry Pi 5 Model B (pretend)" in md and md.count("\n|") >= 6
+    assert (tmp_path / "cmp.png").stat().st_size > 1000
