@@ -286,6 +286,7 @@ def test_bad_inputs_get_one_line_errors(tmp_path):
         ([tmp_path / "empty"], "holds no images"),
         (["camera9"], "no such camera"),
         (["ftp://example.com/x.mp4"], "unsupported URL scheme"),
+        (["picam0"], "needs picamera2"),
         ([ASTRONAUT, "--model", tmp_path / "model.onnx"], "not a loadable ONNX model"),
         ([ASTRONAUT, "--model", _strip_metadata(DEFAULT_MODEL, tmp_path / "nometa.onnx")], "no emo metadata"),
         ([ASTRONAUT, "--model", _strip_metadata(DEFAULT_MODEL, tmp_path / "size.onnx", 64)], "does not match its metadata"),
@@ -310,3 +311,42 @@ def test_evaluate_and_info(small_fer, tmp_path):
     assert meta["precision"] == "int8" and meta["labels"] == list(LABELS)
     r = run_cli("emo-edge", "evaluate", DEFAULT_MODEL, tmp_path / "nothing")
     assert r.returncode == 2 and "does not exist" in r.stderr
+
+
+def _with_exif_orientation(jpeg: bytes, orientation: int) -> bytes:
+    """Insert a minimal EXIF APP1 segment carrying only the Orientation tag."""
+    import struct
+
+    tiff = b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", 1) + struct.pack("<HHIHH", 0x0112, 3, 1, orientation, 0) + struct.pack("<I", 0)
+    payload = b"Exif\x00\x00" + tiff
+    app1 = b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload
+    assert jpeg[:2] == b"\xff\xd8"
+    return jpeg[:2] + app1 + jpeg[2:]
+
+
+def test_exif_rotated_photo_is_upright(photos, tmp_path):
+    """A phone photo stored sideways with EXIF Orientation=6 must be turned upright before detection."""
+    img = cv2.imread(str(photos / "obama_small.jpg"))
+    sideways = cv2.rotate(img, cv2.ROTATE_90_COUNTERCLOCKWISE)  # as the sensor stored it
+    ok, buf = cv2.imencode(".jpg", sideways, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    raw = tmp_path / "raw.jpg"
+    raw.write_bytes(buf.tobytes())
+    tagged = tmp_path / "tagged.jpg"
+    tagged.write_bytes(_with_exif_orientation(buf.tobytes(), 6))
+    r, recs = infer(tagged)
+    assert r.returncode == 0 and len(recs[0]["faces"]) == 1
+    x, y, w, h = recs[0]["faces"][0]["box"]
+    assert x + w <= img.shape[1] and y + h <= img.shape[0]  # coordinates of the upright (320x240) image
+    r, recs = infer(raw)
+    assert recs[0]["faces"] == []  # the same pixels without the tag: the face is sideways, Haar misses it
+
+
+def test_truncated_video_ends_cleanly(photos, tmp_path):
+    """A recording cut off mid-file (camera unplugged while writing) plays what it has, then ends."""
+    vid = photo_video(photos, tmp_path, n=30)
+    data = vid.read_bytes()
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(data[: len(data) // 2])
+    r, recs = infer(cut)
+    assert r.returncode == 0, r.stderr
+    assert 5 <= len(recs) < 30 and "Traceback" not in r.stderr
