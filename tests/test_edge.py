@@ -48,7 +48,7 @@ def infer(*args, **kw):
 def test_bundled_model_is_valid():
     clf = Classifier()
     assert clf.path == DEFAULT_MODEL and clf.meta.precision == "int8"
-    assert DEFAULT_MODEL.stat().st_size <= 2_500_000
+    assert DEFAULT_MODEL.stat().st_size <= 1_000_000
 
 
 def test_astronaut_exactly_one_face_with_default_model():
