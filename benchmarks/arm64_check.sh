@@ -388,12 +388,26 @@ EOF
     [[ -z $extra ]] || problem "the base-install venv holds $extra"
     extra=$(in_root "${CPUS[0]}" "$TVENV/bin/pip" list --format=freeze 2>/dev/null | grep -iE '^torch==' || true)
     [[ -z $extra ]] || problem "the test venv holds $extra"
-    # the installed package must be this working tree's
-    local want got
-    want=$(cd "$REPO/edge_runtime" && cat ./*.py | md5sum | cut -d' ' -f1)
-    got=$(in_root "${CPUS[0]}" "$VENV/bin/python" -c "import emo.edge_runtime, pathlib; print(pathlib.Path(emo.edge_runtime.__file__).parent)")
-    got=$(cd "$ROOT$got" && cat ./*.py | md5sum | cut -d' ' -f1)
-    [[ $want == "$got" ]] || problem "the emo package installed on arm64 differs from the working tree"
+    # the installed package (code and bundled model) must be this working tree's
+    local pkg
+    pkg=$(in_root "${CPUS[0]}" "$VENV/bin/python" -c "import emo.edge_runtime, pathlib; print(pathlib.Path(emo.edge_runtime.__file__).parent)")
+    [[ $(tree_hash "$ROOT$pkg") == "$(tree_hash "$ROOT$SRC/edge_runtime")" ]] \
+        || problem "the emo package installed on arm64 differs from the copied working tree"
+    check_tree_unchanged
+}
+
+tree_hash() { # one hash over the files of a folder (caches excluded)
+    (cd "$1" && find . -type f ! -path '*/__pycache__/*' ! -name '*.pyc' -print0 | LC_ALL=C sort -z | xargs -0 md5sum) | md5sum | cut -d' ' -f1
+}
+
+check_tree_unchanged() {
+    # x86 runs the working tree (REPO/edge_runtime); aarch64 runs the copy made at install time.
+    # If someone changed the tree since (a new bundled model, say), the comparison is void.
+    local x86_pkg
+    x86_pkg=$("$X86_PY" -c "import emo.edge_runtime, pathlib; print(pathlib.Path(emo.edge_runtime.__file__).parent)")
+    if [[ $(tree_hash "$x86_pkg") != "$(tree_hash "$ROOT$SRC/edge_runtime")" ]]; then
+        setup_fail "the x86 emo package ($x86_pkg) no longer matches the copy installed on aarch64: the working tree changed during the check, or $X86_PY has another emo installed; run it again"
+    fi
 }
 
 show_versions() {
@@ -413,6 +427,7 @@ print(f"uname -m: {os.uname().machine}  python {platform.python_version()}  nump
 print(f"CPU features seen by the program (HWCAP): {' '.join(feats) or 'none'}")
 EOF
     done
+    RESULTS+=("aarch64 ($(in_root "${CPUS[0]}" "$VENV/bin/python" -c "import platform, cv2, numpy, onnxruntime; print(f'uname -m {platform.machine()}, python {platform.python_version()}, numpy {numpy.__version__}, onnxruntime {onnxruntime.__version__}, opencv {cv2.__version__}')"); qemu CPUs ${CPUS[*]})")
     log "x86_64 reference:"
     "$X86_PY" -c "import platform, cv2, numpy, onnxruntime; print(f'  uname -m: {platform.machine()}  python {platform.python_version()}  numpy {numpy.__version__}  onnxruntime {onnxruntime.__version__}  opencv {cv2.__version__}')"
 }
@@ -486,6 +501,7 @@ run_tests() {
 }
 
 infer_both_sides() {
+    check_tree_unchanged
     local m f name args=()
     for m in "${MODELS[@]}"; do
         mkdir -p "$ROOT$CHK/out/$m" "$WORK/out/$m"
@@ -593,6 +609,7 @@ main() {
     step "emo-edge infer --format json on x86_64 and aarch64" infer_both_sides
     step "compare emo-edge JSON" compare_json
     step "compare raw probabilities (Classifier.predict)" compare_raw
+    check_tree_unchanged
     umount_root
 
     log ""
