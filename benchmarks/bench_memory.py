@@ -42,9 +42,7 @@ def main(argv=None) -> int:
           f"| peak RSS, `emo-edge infer` ({min(frames, 300)}-frame clip) | {cli['peak_rss_mb']:.1f} MB |\n"
           f"| RSS after frame 0 / last frame ({frames} frames) | {mem['samples'][0]['rss_mb']:.1f} / {mem['samples'][-1]['rss_mb']:.1f} MB |\n"
           f"| RSS growth, 2nd half vs 1st half (median) | {mem['rss_growth_mb_second_half_vs_first']:+.2f} MB |\n")
-    save_result(result, a.out, md)
-    print(md)
-    log(f"wrote {a.out}")
+    save_result(result, a.out, md, "bench_memory")
     return 0 if cli["returncode"] == 0 else 1
 
 

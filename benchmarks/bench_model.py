@@ -74,9 +74,7 @@ def main(argv=None) -> int:
               {"batches": batches, "threads": threads, "runs": runs, "warmup": warmup}, "rows": rows,
               "seconds": time.time() - t0}
     md = "# Model latency\n\n" + fingerprint_md(fp) + "\n" + latency_md(rows)
-    save_result(result, a.out, md)
-    print(md)
-    log(f"wrote {a.out} and {a.out.with_suffix('.md')}")
+    save_result(result, a.out, md, "bench_model")
     return 0
 
 

@@ -56,9 +56,7 @@ def main(argv=None) -> int:
     result = {"benchmark": "pipeline", "schema": 1, "quick": a.quick, "device": fp, "video": str(a.video or f"built from {a.photo}"),
               "rows": rows}
     md = "# Pipeline\n\n" + fingerprint_md(fp) + "\n" + pipeline_md(rows)
-    save_result(result, a.out, md)
-    print(md)
-    log(f"wrote {a.out}")
+    save_result(result, a.out, md, "bench_pipeline")
     return 0
 
 

@@ -265,12 +265,15 @@ def cli_peak_rss(args: list[str]) -> dict:
             "seconds": time.perf_counter() - t0, "stderr_tail": r.stderr[-300:]}
 
 
-def save_result(result: dict, out: Path, md: str) -> None:
+def save_result(result: dict, out: Path, md: str, name: str) -> None:
+    """Write the JSON result and its Markdown table next to it; print the table on stdout."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(result, indent=2))
     os.replace(tmp, out)
     out.with_suffix(".md").write_text(md)
+    print(md)
+    print(f"{name}: wrote {out} and {out.with_suffix('.md')}", file=sys.stderr, flush=True)
 
 
 def fingerprint_md(fp: dict) -> str:

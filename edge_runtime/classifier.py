@@ -71,30 +71,15 @@ class Classifier:
                 f"{self.path}: input shape {shape} does not match its metadata "
                 f"(N x {want[0]} x {want[1]} x {want[2]}); re-export the model with emo-export"
             )
-        self._fixed_batch = shape[0] if isinstance(shape[0], int) else None
+        if isinstance(shape[0], int):
+            raise EmoError(f"{self.path}: batch axis is fixed at {shape[0]}; emo needs a dynamic batch axis, re-export with emo-export")
         self.logits(np.zeros((1, want[0], want[1], want[2]), np.float32))  # warm-up: first run allocates
-
-    def _run(self, x: np.ndarray) -> np.ndarray:
-        if self._fixed_batch and len(x) != self._fixed_batch:
-            return np.concatenate([self._run(x[i : i + 1]) for i in range(len(x))]) if self._fixed_batch == 1 else self._run_padded(x)
-        return self.session.run(None, {self.input_name: x})[0]
-
-    def _run_padded(self, x: np.ndarray) -> np.ndarray:
-        b = self._fixed_batch
-        out = []
-        for i in range(0, len(x), b):
-            chunk = x[i : i + b]
-            pad = b - len(chunk)
-            if pad:
-                chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
-            out.append(self.session.run(None, {self.input_name: chunk})[0][: b - pad])
-        return np.concatenate(out)
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         """Raw model output for a normalised batch (logits or probabilities per the metadata)."""
         if len(x) == 0:
             return np.zeros((0, len(self.labels)), np.float32)
-        return self._run(np.ascontiguousarray(x, np.float32))
+        return self.session.run(None, {self.input_name: np.ascontiguousarray(x, np.float32)})[0]
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Probabilities ``(N, 7)`` for a normalised batch."""

@@ -19,6 +19,7 @@ class HaarDetector:
     """Frontal-face Haar cascade, run on a frame downscaled to ``max_side`` for speed."""
 
     name = "haar"
+    wants_gray = True  # detect() takes the frame's gray image (the Recognizer converts once)
 
     def __init__(self, max_side: int = 320, min_face: float = 0.08, scale_factor: float = 1.15, min_neighbors: int = 5):
         path = Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml"
@@ -63,6 +64,7 @@ class YuNetDetector:
     """YuNet through ``cv2.FaceDetectorYN``; the model file is never bundled or downloaded."""
 
     name = "yunet"
+    wants_gray = False
 
     def __init__(self, model: str | os.PathLike, max_side: int = 640, score_threshold: float = 0.7):
         p = Path(model) if model else None

@@ -7,6 +7,7 @@ from typing import Optional
 
 from .outputs import AnnotatedSaver, annotate, frame_record
 from .recognizer import Recognizer
+from .sources import ImageSource
 
 
 class StopFlag:
@@ -36,7 +37,7 @@ def run(source, label: str, rec: Recognizer, writer, saver: Optional[AnnotatedSa
     n, t_start = 0, time.monotonic()
     faces_total = 0
     it = iter(source)
-    per_image = not getattr(source, "live", False) and not hasattr(source, "cap")
+    per_image = isinstance(source, ImageSource)  # unrelated images: no tracking across them
     try:
         while stop.reason is None:
             if max_frames and n >= max_frames:

@@ -14,7 +14,7 @@ import numpy as np
 
 from .classifier import Classifier
 from .faces import make_detector
-from .preprocess import faces_to_tensor
+from .preprocess import faces_to_tensor, to_gray
 from .tracking import IouTracker
 
 
@@ -67,13 +67,14 @@ class Recognizer:
 
     def process(self, frame: np.ndarray) -> list[Face]:
         t0 = time.perf_counter()
+        gray = to_gray(frame)
         if self._n % max(1, self.detect_every) == 0:
-            boxes = self.det.detect(frame)
+            boxes = self.det.detect(gray if self.det.wants_gray else frame)
         else:
             boxes = self.tracker.live_boxes()
         self._n += 1
         t1 = time.perf_counter()
-        x = faces_to_tensor(frame, boxes, self.classifier.spec)
+        x = faces_to_tensor(gray, boxes, self.classifier.spec)
         t2 = time.perf_counter()
         probs = self.classifier.predict(x)
         t3 = time.perf_counter()

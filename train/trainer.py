@@ -327,7 +327,7 @@ def train(cfg: TrainConfig | None, resume: str | None = None, overrides: dict | 
                "val_report": val_split.report.to_dict()}
     arch_info = {"params": n_params, "macs": macs}
 
-    def checkpoint(kind: str, epoch: int, batch: int, with_state: bool) -> dict:
+    def checkpoint(epoch: int, batch: int, with_state: bool) -> dict:
         extra = {}
         if with_state:
             extra = {"optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state(),
@@ -428,8 +428,8 @@ def train(cfg: TrainConfig | None, resume: str | None = None, overrides: dict | 
                 bad_epochs += 1
             if is_main:
                 if improved:
-                    save_atomic(checkpoint("best", epoch + 1, 0, False), run_dir / "model.pt")
-                save_atomic(checkpoint("last", epoch + 1, 0, True), run_dir / "last.pt")
+                    save_atomic(checkpoint(epoch + 1, 0, False), run_dir / "model.pt")
+                save_atomic(checkpoint(epoch + 1, 0, True), run_dir / "last.pt")
                 _write_logs(run_dir, history, best, x_val_rep, cfg.plots)
             log(f"epoch {epoch + 1}/{epochs}: train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f} | "
                 f"val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f}{' *' if improved else ''} | {row['seconds']:.0f}s")
@@ -443,7 +443,7 @@ def train(cfg: TrainConfig | None, resume: str | None = None, overrides: dict | 
         if pbar is not None:
             pbar.close()
         if is_main:
-            save_atomic(checkpoint("last", epoch, start_batch, True), run_dir / "last.pt")
+            save_atomic(checkpoint(epoch, start_batch, True), run_dir / "last.pt")
         log(f"stopped by {s}; progress saved to {run_dir / 'last.pt'}. Continue with: emo-train fit --resume {run_dir}")
         raise
     finally:
