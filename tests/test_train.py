@@ -10,6 +10,7 @@ import torch
 from emo.edge_runtime.errors import EmoError
 from emo.train.checkpoint import load_checkpoint, model_from_checkpoint
 from emo.train.models import REGISTRY, build_model, count_macs, count_params
+from emo.train.trainer import teacher_probs
 
 from conftest import bin_path, run_cli
 
@@ -64,7 +65,9 @@ def test_fit_writes_a_complete_run(small_fer, tmp_path):
 
 
 def test_sigint_saves_and_resume_matches_uninterrupted_run(small_fer, tmp_path):
-    args = ["--arch", "seed", "--epochs", "6", "--batch-size", "16", "--seed", "3", "--set", "optimizer=\"adam\"", "--set", "lr=0.0005"]
+    # ema on: the weight average is part of the state that must survive the interruption
+    args = ["--arch", "seed", "--epochs", "6", "--batch-size", "16", "--seed", "3", "--set", "optimizer=\"adam\"", "--set", "lr=0.0005",
+            "--set", "ema=0.9"]
     full = _fit(small_fer, tmp_path, "full", *args)
     assert full.returncode == 0, full.stderr
     p = subprocess.Popen([bin_path("emo-train"), "fit", "--data", str(small_fer), "--out", str(tmp_path), "--name", "cut",
@@ -85,6 +88,37 @@ def test_sigint_saves_and_resume_matches_uninterrupted_run(small_fer, tmp_path):
     h1 = json.loads((tmp_path / "full" / "metrics.json").read_text())["history"]
     h2 = json.loads((tmp_path / "cut" / "metrics.json").read_text())["history"]
     assert [h["val_accuracy"] for h in h1] == [h["val_accuracy"] for h in h2]
+
+
+def test_finetune_with_distillation_ema_and_cpu_bf16(seed_run, small_fer, tmp_path):
+    teacher = str(seed_run / "model.pt")
+    base = ["--arch", "seed", "--max-steps", "4", "--batch-size", "32", "--set", f"init_from={json.dumps(teacher)}",
+            "--set", f"teachers=[{json.dumps(teacher)}]", "--set", "kd_alpha=0.7", "--set", "ema=0.5", "--set", "cpu_amp=true"]
+    r = _fit(small_fer, tmp_path, "frozen", *base, "--set", "lr=0")
+    assert r.returncode == 0, r.stderr
+    assert "distilling from 1 teacher(s)" in r.stdout and "starting from the weights of" in r.stdout
+    assert _same_weights(teacher, tmp_path / "frozen" / "model.pt")  # lr 0: the start point, exactly
+    r = _fit(small_fer, tmp_path, "moved", *base, "--set", "lr=0.001")
+    assert r.returncode == 0, r.stderr
+    assert not _same_weights(teacher, tmp_path / "moved" / "model.pt")
+    # model.pt holds the weight average, last.pt the raw weights it resumes from
+    assert not _same_weights(tmp_path / "moved" / "model.pt", tmp_path / "moved" / "last.pt")
+    m = build_model("seed")
+    x = torch.randn(5, 1, 48, 48)
+    with torch.no_grad():
+        want = (m.eval()(x) / 3.0).softmax(1)
+    assert torch.allclose(teacher_probs([m, m], x, 3.0, False), want, atol=1e-6)
+
+
+def test_finetune_and_distillation_errors(seed_run, small_fer, tmp_path):
+    r = _fit(small_fer, tmp_path, "a", "--arch", "seed", "--max-steps", "1", "--set", "kd_alpha=0.5")
+    assert r.returncode == 2 and "no teachers" in r.stderr and "Traceback" not in r.stderr
+    init = json.dumps(str(seed_run / "model.pt"))
+    r = _fit(small_fer, tmp_path, "b", "--arch", "emonet-s", "--max-steps", "1", "--set", f"init_from={init}")
+    assert r.returncode == 2 and "same architecture" in r.stderr and "Traceback" not in r.stderr
+    r = _fit(small_fer, tmp_path, "c", "--arch", "seed", "--max-steps", "1", "--set", f"teachers=[{init}]",
+             "--set", "kd_alpha=0.5", "--set", "mean=0.4")
+    assert r.returncode == 2 and "reads input" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_resume_refuses_recipe_changes(small_fer, tmp_path):
