@@ -88,12 +88,15 @@ def test_sigint_saves_and_resume_matches_uninterrupted_run(small_fer, tmp_path):
     h1 = json.loads((tmp_path / "full" / "metrics.json").read_text())["history"]
     h2 = json.loads((tmp_path / "cut" / "metrics.json").read_text())["history"]
     assert [h["val_accuracy"] for h in h1] == [h["val_accuracy"] for h in h2]
+    again = run_cli("emo-train", "fit", "--resume", tmp_path / "cut", "--no-progress")
+    assert again.returncode == 0 and "already finished" in again.stdout, again.stderr
+    assert _same_weights(tmp_path / "full" / "model.pt", tmp_path / "cut" / "model.pt")
 
 
 def test_finetune_with_distillation_ema_and_cpu_bf16(seed_run, small_fer, tmp_path):
     teacher = str(seed_run / "model.pt")
     base = ["--arch", "seed", "--max-steps", "4", "--batch-size", "32", "--set", f"init_from={json.dumps(teacher)}",
-            "--set", f"teachers=[{json.dumps(teacher)}]", "--set", "kd_alpha=0.7", "--set", "ema=0.5", "--set", "cpu_amp=true"]
+            "--set", f"teachers=[{json.dumps(teacher)}]", "--set", "kd_alpha=0.7", "--set", "kd_flip=true", "--set", "ema=0.5", "--set", "cpu_amp=true"]
     r = _fit(small_fer, tmp_path, "frozen", *base, "--set", "lr=0")
     assert r.returncode == 0, r.stderr
     assert "distilling from 1 teacher(s)" in r.stdout and "starting from the weights of" in r.stdout
@@ -108,6 +111,9 @@ def test_finetune_with_distillation_ema_and_cpu_bf16(seed_run, small_fer, tmp_pa
     with torch.no_grad():
         want = (m.eval()(x) / 3.0).softmax(1)
     assert torch.allclose(teacher_probs([m, m], x, 3.0, False), want, atol=1e-6)
+    with torch.no_grad():
+        mirrored = (m(torch.flip(x, dims=[3])) / 3.0).softmax(1)
+    assert torch.allclose(teacher_probs([m], x, 3.0, False, flip=True), (want + mirrored) / 2, atol=1e-6)
 
 
 def test_finetune_and_distillation_errors(seed_run, small_fer, tmp_path):

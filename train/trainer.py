@@ -75,6 +75,7 @@ class TrainConfig:
     teachers: list = field(default_factory=list)  # checkpoints whose averaged soft labels are distilled
     kd_alpha: float = 0.0  # weight of the distillation loss (0: off); the label loss gets 1 - kd_alpha
     kd_temperature: float = 2.0
+    kd_flip: bool = False  # teachers also see the mirrored batch (flip-averaged soft labels)
     ema: float = 0.0  # decay of an exponential moving average of the weights (0: off); validated and saved
     threads: int = 0  # torch intra-op threads on CPU; 0 = torch's default
     limit_per_class: int = 0  # load at most this many images per class (quick runs, tests)
@@ -229,14 +230,15 @@ def load_teachers(cfg: TrainConfig, spec: InputSpec, device: torch.device) -> li
 
 
 @torch.no_grad()
-def teacher_probs(teachers: list[nn.Module], x: torch.Tensor, temperature: float, amp: bool) -> torch.Tensor:
-    """Mean of the teachers' softened class probabilities for batch ``x``."""
-    acc = None
+def teacher_probs(teachers: list[nn.Module], x: torch.Tensor, temperature: float, amp: bool, flip: bool = False) -> torch.Tensor:
+    """Mean of the teachers' softened class probabilities for batch ``x`` (and its mirror image)."""
+    views = [x, torch.flip(x, dims=[3])] if flip else [x]
+    acc = 0.0
     for t in teachers:
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
-            p = (t(x).float() / temperature).softmax(1)
-        acc = p if acc is None else acc + p
-    return acc / len(teachers)
+        for v in views:
+            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+                acc = acc + (t(v).float() / temperature).softmax(1)
+    return acc / (len(teachers) * len(views))
 
 
 @torch.no_grad()
@@ -384,7 +386,11 @@ def train(cfg: TrainConfig | None, resume: str | None = None, overrides: dict | 
         torch.set_rng_state(state["torch_rng"])
         if ema_model is not None:
             ema_model.load_state_dict(ts["ema"])
-        log(f"resuming {run_dir} at epoch {start_epoch + 1}, batch {start_batch}, step {step}")
+        if start_epoch >= epochs or (cfg.patience and bad_epochs >= cfg.patience):
+            start_epoch = epochs
+            log(f"{run_dir} has already finished; nothing to resume")
+        else:
+            log(f"resuming {run_dir} at epoch {start_epoch + 1}, batch {start_batch}, step {step}")
     ddp_model = model
     if world > 1:
         ddp_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -460,7 +466,7 @@ def train(cfg: TrainConfig | None, resume: str | None = None, overrides: dict | 
                 if perm_mix is not None:
                     loss = lam * loss + (1 - lam) * F.cross_entropy(logits, yb[perm_mix.to(device)], weight=weights, label_smoothing=cfg.label_smoothing)
                 if teachers:
-                    tp = teacher_probs(teachers, xb, cfg.kd_temperature, use_amp)
+                    tp = teacher_probs(teachers, xb, cfg.kd_temperature, use_amp, cfg.kd_flip)
                     kd = F.kl_div((logits / cfg.kd_temperature).log_softmax(1), tp, reduction="batchmean")
                     loss = (1 - cfg.kd_alpha) * loss + cfg.kd_alpha * cfg.kd_temperature**2 * kd
                 if cfg.l2:

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Reproduce the bundled default model from FER2013, on CPU or GPU:
+#   bash configs/reproduce-default.sh ../shared/data/fer2013 [runs]
+# Each stage is resumable: after Ctrl-C, rerun this script; a stage with a last.pt continues
+# from it (a finished one returns at once).
+set -euo pipefail
+data=${1:?usage: reproduce-default.sh FER2013_ROOT [RUNS_FOLDER]}
+out=${2:-runs}
+if [ "$out" != runs ]; then
+  echo "configs/emonet-kd.toml reads its teachers from runs/; pass no RUNS_FOLDER or link runs -> $out" >&2
+  exit 2
+fi
+stage() {  # stage NAME CONFIG
+  if [ -f "$out/$1/last.pt" ]; then
+    emo-train fit --resume "$out/$1" --data "$data"
+  else
+    emo-train fit -c "$2" --data "$data" --out "$out"
+  fi
+}
+stage emonet configs/emonet.toml
+stage emonet-s configs/emonet-s.toml
+stage emonet-kd configs/emonet-kd.toml
+emo-export "$out/emonet-kd/model.pt" --calib-data "$data" --calib-size 1000 --crop-margin 0
