@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduce the bundled default model from FER2013, on CPU or GPU:
+# Reproduce the bundled default model from FER2013, on CPU or GPU (three teachers, then the student):
 #   bash configs/reproduce-default.sh ../shared/data/fer2013 [runs]
 # Each stage is resumable: after Ctrl-C, rerun this script; a stage with a last.pt continues
 # from it (a finished one returns at once).
@@ -19,5 +19,6 @@ stage() {  # stage NAME CONFIG
 }
 stage emonet configs/emonet.toml
 stage emonet-s configs/emonet-s.toml
+stage emonet-seed1 configs/emonet-seed1.toml
 stage emonet-kd configs/emonet-kd.toml
 emo-export "$out/emonet-kd/model.pt" --calib-data "$data" --calib-size 1000 --crop-margin 0
