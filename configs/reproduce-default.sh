@@ -1,15 +1,12 @@
 #!/usr/bin/env bash
 # Reproduce the bundled default model from FER2013, on CPU or GPU (three teachers, then the student):
-#   bash configs/reproduce-default.sh ../shared/data/fer2013 [runs]
-# Each stage is resumable: after Ctrl-C, rerun this script; a stage with a last.pt continues
-# from it (a finished one returns at once).
+#   bash configs/reproduce-default.sh ../shared/data/fer2013
+# Runs go to runs/ (configs/emonet-kd.toml reads its teachers from there). Each stage is
+# resumable: after Ctrl-C, rerun this script; a stage with a last.pt continues from it (a
+# finished one returns at once).
 set -euo pipefail
-data=${1:?usage: reproduce-default.sh FER2013_ROOT [RUNS_FOLDER]}
-out=${2:-runs}
-if [ "$out" != runs ]; then
-  echo "configs/emonet-kd.toml reads its teachers from runs/; pass no RUNS_FOLDER or link runs -> $out" >&2
-  exit 2
-fi
+data=${1:?usage: reproduce-default.sh FER2013_ROOT}
+out=runs
 stage() {  # stage NAME CONFIG
   if [ -f "$out/$1/last.pt" ]; then
     emo-train fit --resume "$out/$1" --data "$data"
@@ -21,4 +18,4 @@ stage emonet configs/emonet.toml
 stage emonet-s configs/emonet-s.toml
 stage emonet-seed1 configs/emonet-seed1.toml
 stage emonet-kd configs/emonet-kd.toml
-emo-export "$out/emonet-kd/model.pt" --calib-data "$data" --calib-size 1000 --crop-margin 0
+emo-export "$out/emonet-kd/model.pt" --calib-data "$data" --calib-size 1000 --crop-margin 0 --calib-method auto

@@ -31,7 +31,7 @@ from emo.edge_runtime.labels import LABELS
 from emo.edge_runtime.metrics import classification_report
 from emo.edge_runtime.preprocess import InputSpec, normalize
 
-from .checkpoint import load_checkpoint, make_checkpoint, save_atomic
+from .checkpoint import load_checkpoint, make_checkpoint, model_from_checkpoint, save_atomic
 from .data import Split, has_split, load_split, stratified_split
 from .models import build_model, count_macs, count_params
 
@@ -210,8 +210,6 @@ def evaluate_split(model: nn.Module, split: Split, spec: InputSpec, device: torc
 # ---------------------------------------------------------------- distillation and weight averaging
 def load_teachers(cfg: TrainConfig, spec: InputSpec, device: torch.device) -> list[nn.Module]:
     """The frozen teacher models; each must read the same input as the student."""
-    from .checkpoint import model_from_checkpoint
-
     if cfg.kd_alpha and not cfg.teachers:
         raise EmoError("kd_alpha is set but no teachers are given; add teachers = [\"runs/NAME/model.pt\", ...]")
     if not 0.0 <= cfg.kd_alpha <= 1.0:
