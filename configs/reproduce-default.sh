@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Reproduce the bundled default model from FER2013, on CPU or GPU (three teachers, then the student):
+# Reproduce the bundled default model from FER2013, on CPU or GPU (four teachers, then the student
+# in two distillation rounds):
 #   bash configs/reproduce-default.sh ../shared/data/fer2013
-# Runs go to runs/ (configs/emonet-kd.toml reads its teachers from there). Each stage is
+# Runs go to runs/ (the emonet-kd configs read their teachers from there). Each stage is
 # resumable: after Ctrl-C, rerun this script; a stage with a last.pt continues from it (a
 # finished one returns at once).
 set -euo pipefail
@@ -18,4 +19,6 @@ stage emonet configs/emonet.toml
 stage emonet-s configs/emonet-s.toml
 stage emonet-seed1 configs/emonet-seed1.toml
 stage emonet-kd configs/emonet-kd.toml
-emo-export "$out/emonet-kd/model.pt" --calib-data "$data" --calib-size 1000 --crop-margin 0 --calib-method auto
+stage emonet-w configs/emonet-w.toml
+stage emonet-kd2 configs/emonet-kd2.toml
+emo-export "$out/emonet-kd2/model.pt" --calib-data "$data" --calib-size 1000 --crop-margin 0 --calib-method auto

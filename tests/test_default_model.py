@@ -9,7 +9,7 @@ from conftest import REPO, run_cli
 
 # Measured for the bundled emonet int8 model (MODEL_CARD.md): 68.85% on PublicTest. The issue's
 # target is 70%; this floor guards against regressions of what is shipped.
-MIN_ACCURACY = 0.685
+MIN_ACCURACY = 0.69
 
 
 def test_bundled_model_accuracy_on_publictest(fer_root, tmp_path):
