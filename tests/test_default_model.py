@@ -7,9 +7,9 @@ from emo.edge_runtime.classifier import DEFAULT_MODEL, Classifier
 
 from conftest import REPO, run_cli
 
-# Measured for the bundled emonet int8 model (MODEL_CARD.md): 69.41% on PublicTest. The issue's
+# Measured for the bundled emonet int8 model (MODEL_CARD.md): 69.74% on PublicTest. The issue's
 # target is 70%; this floor guards against regressions of what is shipped.
-MIN_ACCURACY = 0.69
+MIN_ACCURACY = 0.695
 
 
 def test_bundled_model_accuracy_on_publictest(fer_root, tmp_path):
