@@ -2,7 +2,6 @@
 and builds its model, every teacher or starting checkpoint a config reads is the output of another
 config, and reproduce-default.sh trains each of them before the run that reads it."""
 import re
-import tomllib
 
 import pytest
 
@@ -32,11 +31,11 @@ def test_reproduce_chain_trains_inputs_first():
     assert stages and all(name == cfg for name, cfg in stages)
     order = [name for name, _ in stages]
     for name in order:
-        d = tomllib.loads((REPO / "configs" / f"{name}.toml").read_text())
-        assert d["name"] == name  # the run folder other configs read it from
-        inputs = [_run_name(p) for p in d.get("teachers", [])]
-        if d.get("init_from"):
-            inputs.append(_run_name(d["init_from"]))
+        cfg = build_config(REPO / "configs" / f"{name}.toml", {})
+        assert cfg.name == name  # the run folder other configs read it from
+        inputs = [_run_name(p) for p in cfg.teachers]
+        if cfg.init_from:
+            inputs.append(_run_name(cfg.init_from))
         for dep in inputs:
             assert dep in order and order.index(dep) < order.index(name), f"{name} reads {dep} before it is trained"
     exported = re.search(r'emo-export "\$out/([\w.-]+)/model\.pt"', CHAIN).group(1)
