@@ -20,10 +20,21 @@ def _run_name(path: str) -> str:
     return m.group(1)
 
 
+def _inputs(cfg) -> list[str]:
+    """Run names of the teachers and starting checkpoint a recipe reads."""
+    names = [_run_name(p) for p in cfg.teachers]
+    if cfg.init_from:
+        names.append(_run_name(cfg.init_from))
+    return names
+
+
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_config_parses_and_builds(path):
     cfg = build_config(path, {})
     build_model(cfg.arch, **cfg.arch_args)
+    for dep in _inputs(cfg):  # each input is the run of a config in configs/
+        dep_path = REPO / "configs" / f"{dep}.toml"
+        assert dep_path.is_file() and build_config(dep_path, {}).name == dep, f"{path.name} reads runs/{dep}, which no config trains"
 
 
 def test_reproduce_chain_trains_inputs_first():
@@ -33,10 +44,7 @@ def test_reproduce_chain_trains_inputs_first():
     for name in order:
         cfg = build_config(REPO / "configs" / f"{name}.toml", {})
         assert cfg.name == name  # the run folder other configs read it from
-        inputs = [_run_name(p) for p in cfg.teachers]
-        if cfg.init_from:
-            inputs.append(_run_name(cfg.init_from))
-        for dep in inputs:
+        for dep in _inputs(cfg):
             assert dep in order and order.index(dep) < order.index(name), f"{name} reads {dep} before it is trained"
     exported = re.search(r'emo-export "\$out/([\w.-]+)/model\.pt"', CHAIN).group(1)
     assert exported == order[-1]
