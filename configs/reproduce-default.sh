@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduce the bundled default model from FER2013, on CPU or GPU (five teachers, then the student
-# in three distillation rounds):
+# in three distillation rounds, then its BatchNorm statistics re-estimated on the plain faces):
 #   bash configs/reproduce-default.sh ../shared/data/fer2013
 # Runs go to runs/ (the emonet-kd configs read their teachers from there). Each stage is
 # resumable: after Ctrl-C, rerun this script; a stage with a last.pt continues from it (a
@@ -23,4 +23,5 @@ stage emonet-w configs/emonet-w.toml
 stage emonet-kd2 configs/emonet-kd2.toml
 stage emonet-w-seed6 configs/emonet-w-seed6.toml
 stage emonet-kd3 configs/emonet-kd3.toml
-emo-export "$out/emonet-kd3/model.pt" --calib-data "$data" --calib-size 1000 --crop-margin 0 --calib-method auto
+emo-train recalibrate "$out/emonet-kd3/model.pt" --data "$data" --out "$out"  # writes $out/emonet-kd3-bn
+emo-export "$out/emonet-kd3-bn/model.pt" --calib-data "$data" --calib-size 1000 --crop-margin 0 --calib-method auto

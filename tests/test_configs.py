@@ -1,6 +1,7 @@
 """The recipes in configs/ are valid, and the reproduce chain is consistent: every config parses
 and builds its model, every teacher or starting checkpoint a config reads is the output of another
-config, and reproduce-default.sh trains each of them before the run that reads it."""
+config, and reproduce-default.sh trains each of them before the run that reads it, then recalibrates
+and exports the last one."""
 import re
 
 import pytest
@@ -46,5 +47,7 @@ def test_reproduce_chain_trains_inputs_first():
         assert cfg.name == name  # the run folder other configs read it from
         for dep in _inputs(cfg):
             assert dep in order and order.index(dep) < order.index(name), f"{name} reads {dep} before it is trained"
-    exported = re.search(r'emo-export "\$out/([\w.-]+)/model\.pt"', CHAIN).group(1)
-    assert exported == order[-1]
+    recalibrated = re.search(r'^emo-train recalibrate "\$out/([\w.-]+)/model\.pt" .*--out "\$out"', CHAIN, flags=re.M).group(1)
+    assert recalibrated == order[-1]
+    exported = re.search(r'^emo-export "\$out/([\w.-]+)/model\.pt"', CHAIN, flags=re.M).group(1)
+    assert exported == f"{recalibrated}-bn"  # the recalibrated copy of the last stage

@@ -1,0 +1,61 @@
+"""`emo-train recalibrate`: BatchNorm statistics re-estimated on clean faces, weights untouched."""
+import json
+
+import pytest
+import torch
+
+from emo.edge_runtime.errors import EmoError
+from emo.train.checkpoint import load_checkpoint
+from emo.train.models import build_model
+from emo.train.recalibrate import batchnorm_layers, recalibrate_bn
+
+from conftest import run_cli
+
+
+def test_statistics_become_those_of_the_data():
+    torch.manual_seed(0)
+    model = build_model("emonet-s").eval()
+    bn = batchnorm_layers(model)[0]
+    bn.running_mean.fill_(5.0)  # stale statistics, as if from other data
+    bn.running_var.fill_(9.0)
+    weights = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "num_batches" not in k}
+    seen = []
+    hook = bn.register_forward_hook(lambda m, inp, out: seen.append(inp[0].detach()))
+    x = torch.randn(300, 1, 48, 48) * 0.7 + 0.2
+    n = recalibrate_bn(model, x, flip=False, batch=64)
+    hook.remove()
+    assert n == 300 and not model.training and bn.momentum == 0.1  # mode and momentum restored
+    feats = torch.cat(seen)  # the first BN layer's inputs over all 300 faces
+    assert torch.allclose(bn.running_mean, feats.mean((0, 2, 3)), atol=1e-4)
+    assert torch.allclose(bn.running_var, feats.var((0, 2, 3)), rtol=0.05)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in weights.items())
+    assert recalibrate_bn(model, x, flip=True, batch=64) == 600
+
+
+def test_model_without_batchnorm_is_refused():
+    with pytest.raises(EmoError, match="no BatchNorm"):
+        recalibrate_bn(build_model("seed"), torch.zeros(4, 1, 48, 48))
+
+
+def test_recalibrate_cli_writes_a_new_checkpoint(small_fer, seed_run, tmp_path):
+    r = run_cli("emo-train", "fit", "--data", small_fer, "--arch", "emonet-s", "--max-steps", "6", "--batch-size", "32",
+                "--out", tmp_path, "--name", "s", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    r = run_cli("emo-train", "recalibrate", tmp_path / "s" / "model.pt", "--data", small_fer, "--out", tmp_path, "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert "val accuracy with the trained statistics" in r.stdout and "with recalibrated statistics" in r.stdout
+    src, new = load_checkpoint(tmp_path / "s" / "model.pt"), load_checkpoint(tmp_path / "s-bn" / "model.pt")
+    rec = new["bn_recalibration"]
+    assert rec["faces"] == 2 * src["data"]["train_report"]["count"] and rec["flip"] and rec["source_sha256"]
+    assert new["metrics"]["best"]["val_accuracy"] == rec["val_accuracy_after"]
+    moved = [k for k in src["state_dict"] if not torch.equal(src["state_dict"][k], new["state_dict"][k])]
+    assert moved and all("running_" in k or "num_batches" in k for k in moved)  # only statistics change
+    m = json.loads((tmp_path / "s-bn" / "metrics.json").read_text())
+    assert m["val_report"]["n"] == src["data"]["val_report"]["count"] and (tmp_path / "s-bn" / "confusion.png").is_file()
+    # user errors: one line, no traceback
+    r = run_cli("emo-train", "recalibrate", tmp_path / "s" / "model.pt", "--data", small_fer, "--out", tmp_path, "--name", "s")
+    assert r.returncode == 2 and "input checkpoint" in r.stderr and "Traceback" not in r.stderr
+    r = run_cli("emo-train", "recalibrate", seed_run / "model.pt", "--data", small_fer, "--out", tmp_path)
+    assert r.returncode == 2 and "no BatchNorm" in r.stderr and "Traceback" not in r.stderr
+    r = run_cli("emo-train", "recalibrate", tmp_path / "nope.pt", "--data", small_fer)
+    assert r.returncode == 2 and "does not exist" in r.stderr and "Traceback" not in r.stderr
