@@ -33,9 +33,10 @@ def _inputs(cfg) -> list[str]:
 def test_config_parses_and_builds(path):
     cfg = build_config(path, {})
     build_model(cfg.arch, **cfg.arch_args)
-    for dep in _inputs(cfg):  # each input is the run of a config in configs/
-        dep_path = REPO / "configs" / f"{dep}.toml"
-        assert dep_path.is_file() and build_config(dep_path, {}).name == dep, f"{path.name} reads runs/{dep}, which no config trains"
+    for dep in _inputs(cfg):  # each input is the run of a config in configs/, or its recalibrated copy
+        base = dep.removesuffix("-bn")  # runs/NAME-bn: `emo-train recalibrate runs/NAME/model.pt`
+        dep_path = REPO / "configs" / f"{base}.toml"
+        assert dep_path.is_file() and build_config(dep_path, {}).name == base, f"{path.name} reads runs/{dep}, which no config trains"
 
 
 def test_reproduce_chain_trains_inputs_first():

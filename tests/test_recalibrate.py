@@ -59,3 +59,25 @@ def test_recalibrate_cli_writes_a_new_checkpoint(small_fer, seed_run, tmp_path):
     assert r.returncode == 2 and "no BatchNorm" in r.stderr and "Traceback" not in r.stderr
     r = run_cli("emo-train", "recalibrate", tmp_path / "nope.pt", "--data", small_fer)
     assert r.returncode == 2 and "does not exist" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_fit_can_validate_and_save_recalibrated_statistics(small_fer, tmp_path):
+    from emo.edge_runtime.preprocess import InputSpec, normalize
+    from emo.train.checkpoint import model_from_checkpoint
+    from emo.train.data import load_split
+
+    r = run_cli("emo-train", "fit", "--data", small_fer, "--arch", "emonet-s", "--max-steps", "8", "--batch-size", "32",
+                "--set", "bn_recalibrate=true", "--out", tmp_path, "--name", "r", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    best, last = load_checkpoint(tmp_path / "r" / "model.pt"), load_checkpoint(tmp_path / "r" / "last.pt")
+    assert best["metrics"]["best"]["epoch"] == 1 and last["trainer_state"]["epoch"] == 1  # one epoch: the same weights
+    # model.pt = the trained weights with statistics recalibrated on the plain training faces
+    want = model_from_checkpoint(last)
+    spec = InputSpec.from_dict(last["input"])
+    recalibrate_bn(want, torch.from_numpy(normalize(load_split(small_fer, "train", 48).images, spec)), seed=0)
+    for k, v in want.state_dict().items():
+        assert torch.allclose(v.float(), best["state_dict"][k].float(), atol=1e-5), k
+    assert not torch.equal(last["state_dict"]["features.0.1.running_mean"], best["state_dict"]["features.0.1.running_mean"])
+    r = run_cli("emo-train", "fit", "--data", small_fer, "--arch", "seed", "--max-steps", "1", "--set", "bn_recalibrate=true",
+                "--out", tmp_path, "--name", "s", "--no-progress")
+    assert r.returncode == 2 and "no BatchNorm" in r.stderr and "Traceback" not in r.stderr

@@ -51,10 +51,13 @@ def recalibrate_bn(model: nn.Module, x: torch.Tensor, *, flip: bool = True, batc
         pbar = tqdm(total=len(x) * views, desc="BatchNorm statistics", unit="face", dynamic_ncols=True,
                     file=sys.stderr, disable=not sys.stderr.isatty())
     was_training = model.training
-    model.train()  # BatchNorm updates its running statistics only in training mode
+    model.eval()  # dropout and the like stay off ...
+    for m in layers:
+        m.train()  # ... while BatchNorm, in training mode, accumulates running statistics
+    device = next(model.parameters()).device
     try:
         for i in range(0, len(x), batch):
-            xb = x[order[i : i + batch]]
+            xb = x[order[i : i + batch]].to(device)
             for v in range(views):
                 model(torch.flip(xb, dims=[3]) if v else xb)
                 if pbar is not None:

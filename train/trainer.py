@@ -11,6 +11,7 @@ averages the gradients, so the global batch, and so the result, matches a single
 """
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import math
@@ -34,6 +35,7 @@ from emo.edge_runtime.preprocess import InputSpec, normalize
 from .checkpoint import load_checkpoint, make_checkpoint, model_from_checkpoint, save_atomic
 from .data import Split, has_split, load_split, stratified_split
 from .models import build_model, count_macs, count_params
+from .recalibrate import batchnorm_layers, recalibrate_bn
 
 
 @dataclass
@@ -77,6 +79,7 @@ class TrainConfig:
     kd_temperature: float = 2.0
     kd_flip: bool = False  # teachers also see the mirrored batch (flip-averaged soft labels)
     ema: float = 0.0  # decay of an exponential moving average of the weights (0: off); validated and saved
+    bn_recalibrate: bool = False  # validate and save a copy whose BatchNorm statistics come from the plain training faces
     threads: int = 0  # torch intra-op threads on CPU; 0 = torch's default
     limit_per_class: int = 0  # load at most this many images per class (quick runs, tests)
     tta: bool = False  # also report flip-averaged validation accuracy
@@ -344,10 +347,10 @@ def train(cfg: TrainConfig | None, resume: str | None = None, overrides: dict | 
     teachers = load_teachers(cfg, spec, device)
     if teachers:
         log(f"distilling from {len(teachers)} teacher(s) with weight {cfg.kd_alpha}, temperature {cfg.kd_temperature}")
+    if cfg.bn_recalibrate and not batchnorm_layers(model):
+        raise EmoError(f"bn_recalibrate is set but {cfg.arch} has no BatchNorm layers; drop bn_recalibrate")
     ema_model = None
     if cfg.ema:
-        import copy
-
         ema_model = copy.deepcopy(model).eval()
         for p in ema_model.parameters():
             p.requires_grad_(False)
@@ -398,10 +401,11 @@ def train(cfg: TrainConfig | None, resume: str | None = None, overrides: dict | 
                "val_report": val_split.report.to_dict()}
     arch_info = {"params": n_params, "macs": macs}
 
-    def checkpoint(epoch: int, batch: int, with_state: bool) -> dict:
-        """model.pt (``with_state`` False) holds the weights that were validated (the average when
-        ``ema`` is on); last.pt holds the raw weights plus everything needed to resume."""
-        extra, weights_of = {}, (ema_model if ema_model is not None and not with_state else model)
+    def checkpoint(epoch: int, batch: int, with_state: bool, validated: nn.Module | None = None) -> dict:
+        """model.pt (``with_state`` False) holds ``validated``, the weights that were validated (the
+        average when ``ema`` is on, with recalibrated statistics when ``bn_recalibrate`` is);
+        last.pt holds the raw weights plus everything needed to resume."""
+        extra, weights_of = {}, (model if with_state else validated)
         if with_state:
             extra = {"optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state(),
                      "trainer_state": {"epoch": epoch, "batch": batch, "step": step, "history": history,
@@ -490,6 +494,10 @@ def train(cfg: TrainConfig | None, resume: str | None = None, overrides: dict | 
             start_batch = 0
             # end of epoch: validate, log, checkpoint
             eval_model = ema_model if ema_model is not None else model
+            if cfg.bn_recalibrate:  # a copy: the statistics training carries on with stay as they are
+                eval_model = copy.deepcopy(eval_model)
+                recalibrate_bn(eval_model, x_train, seed=cfg.seed)
+                eval_model.eval()
             rep, vloss = evaluate_split(eval_model, val_split, spec, device)
             row = {"epoch": epoch + 1, "step": step, "lr": opt.param_groups[0]["lr"],
                    "train_loss": round(running["loss"] / max(1, running["seen"]), 5),
@@ -510,7 +518,7 @@ def train(cfg: TrainConfig | None, resume: str | None = None, overrides: dict | 
                 bad_epochs += 1
             if is_main:
                 if improved:
-                    save_atomic(checkpoint(epoch + 1, 0, False), run_dir / "model.pt")
+                    save_atomic(checkpoint(epoch + 1, 0, False, eval_model), run_dir / "model.pt")
                 save_atomic(checkpoint(epoch + 1, 0, True), run_dir / "last.pt")
                 _write_logs(run_dir, history, best, x_val_rep, cfg.plots)
             log(f"epoch {epoch + 1}/{epochs}: train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f} | "
