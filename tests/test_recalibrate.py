@@ -76,7 +76,7 @@ def test_fit_can_validate_and_save_recalibrated_statistics(small_fer, tmp_path):
     spec = InputSpec.from_dict(last["input"])
     recalibrate_bn(want, torch.from_numpy(normalize(load_split(small_fer, "train", 48).images, spec)), seed=0)
     for k, v in want.state_dict().items():
-        assert torch.allclose(v.float(), best["state_dict"][k].float(), atol=1e-5), k
+        assert torch.allclose(v.float(), best["state_dict"][k].float(), rtol=1e-4, atol=1e-5), k
     assert not torch.equal(last["state_dict"]["features.0.1.running_mean"], best["state_dict"]["features.0.1.running_mean"])
     r = run_cli("emo-train", "fit", "--data", small_fer, "--arch", "seed", "--max-steps", "1", "--set", "bn_recalibrate=true",
                 "--out", tmp_path, "--name", "s", "--no-progress")
