@@ -10,7 +10,6 @@ moved the default model from 69.76% to 70.40% without any change to the weights.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -20,7 +19,7 @@ from emo.edge_runtime.errors import EmoError
 from emo.edge_runtime.preprocess import InputSpec, normalize
 
 from .checkpoint import file_sha256, load_checkpoint, make_checkpoint, model_from_checkpoint, save_atomic
-from .data import Split, has_split, load_split, stratified_split
+from .data import train_val_splits
 
 
 def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
@@ -71,19 +70,12 @@ def recalibrate_bn(model: nn.Module, x: torch.Tensor, *, flip: bool = True, batc
     return len(x) * views
 
 
-@dataclass
-class RecalibrationResult:
-    run_dir: Path
-    faces: int
-    val_before: float | None
-    val_after: float | None
-
-
 def recalibrate_checkpoint(checkpoint: str | Path, data: str, out: str = "runs", name: str | None = None,
                            flip: bool = True, limit_per_class: int | None = None, progress: bool = True,
-                           log=print) -> RecalibrationResult:
+                           log=print) -> Path:
     """Load ``checkpoint``, recalibrate its BatchNorm statistics on the training faces of ``data``,
-    validate before and after, and write OUT/NAME/{model.pt,metrics.json,log.csv,confusion.png}."""
+    validate before and after on the faces the trainer validated on, and write
+    OUT/NAME/{model.pt,metrics.json,log.csv,confusion.png}; returns OUT/NAME."""
     from .trainer import _write_logs, evaluate_split
 
     ck = load_checkpoint(checkpoint)
@@ -97,30 +89,20 @@ def recalibrate_checkpoint(checkpoint: str | Path, data: str, out: str = "runs",
     run_dir = Path(out) / name
     if run_dir.resolve() == Path(checkpoint).resolve().parent:
         raise EmoError(f"--name {name} would write into {run_dir}, the folder of the input checkpoint; pick another name")
-    train_split = load_split(data, "train", spec.size, limit=limit_per_class)
-    val_split: Split | None = None
-    if has_split(data, "val"):
-        val_split = load_split(data, "val", spec.size, limit=limit_per_class)
-    elif "val_fraction" in cfg and "seed" in cfg:  # the same held-out faces the trainer validated on
-        train_split, val_split = stratified_split(train_split, cfg["val_fraction"], cfg["seed"])
+    seed = int(cfg.get("seed", 0))
+    train_split, val_split = train_val_splits(data, spec.size, limit_per_class, cfg.get("val_fraction", 0.1), seed)
     for s in (train_split, val_split):
-        for line in s.report.lines() if s is not None else []:
+        for line in s.report.lines():
             log(line)
 
     device = torch.device("cpu")
-    before = after = None
-    if val_split is not None:
-        rep, _ = evaluate_split(model, val_split, spec, device)
-        before = rep["accuracy"]
-        log(f"val accuracy with the trained statistics: {before * 100:.2f}% (n={len(val_split.labels)})")
+    before = evaluate_split(model, val_split, spec, device)[0]["accuracy"]
+    log(f"val accuracy with the trained statistics: {before * 100:.2f}% (n={len(val_split.labels)})")
     x = torch.from_numpy(normalize(train_split.images, spec))
-    faces = recalibrate_bn(model, x, flip=flip, seed=int(cfg.get("seed", 0)), progress=progress)
-    model.eval()
-    rep_after = None
-    if val_split is not None:
-        rep_after, _ = evaluate_split(model, val_split, spec, device)
-        after = rep_after["accuracy"]
-        log(f"val accuracy with recalibrated statistics: {after * 100:.2f}% ({(after - before) * 100:+.2f} points)")
+    faces = recalibrate_bn(model, x, flip=flip, seed=seed, progress=progress)
+    rep_after, _ = evaluate_split(model, val_split, spec, device)
+    after = rep_after["accuracy"]
+    log(f"val accuracy with recalibrated statistics: {after * 100:.2f}% ({(after - before) * 100:+.2f} points)")
 
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -128,9 +110,8 @@ def recalibrate_checkpoint(checkpoint: str | Path, data: str, out: str = "runs",
         raise EmoError(f"cannot write run folder {run_dir}: {e.strerror}; pass --out to a writable folder") from None
     metrics = dict(ck.get("metrics") or {})
     best = dict(metrics.get("best") or {})
-    if after is not None:
-        best.update(val_accuracy=after, val_macro_f1=rep_after["macro_f1"], val_accuracy_before_recalibration=before)
-        best.pop("val_accuracy_tta", None)  # measured on the old statistics
+    best.update(val_accuracy=after, val_macro_f1=rep_after["macro_f1"], val_accuracy_before_recalibration=before)
+    best.pop("val_accuracy_tta", None)  # measured on the old statistics
     metrics["best"] = best
     record = {"source": str(checkpoint), "source_sha256": file_sha256(checkpoint), "data": str(Path(data).resolve()),
               "train_fingerprint": train_split.fingerprint(), "faces": faces, "flip": flip,
@@ -140,4 +121,4 @@ def recalibrate_checkpoint(checkpoint: str | Path, data: str, out: str = "runs",
     save_atomic(new, run_dir / "model.pt")
     _write_logs(run_dir, metrics.get("history") or [], best, rep_after, plots=True)
     log(f"wrote {run_dir / 'model.pt'}")
-    return RecalibrationResult(run_dir, faces, before, after)
+    return run_dir

@@ -33,7 +33,7 @@ from emo.edge_runtime.metrics import classification_report
 from emo.edge_runtime.preprocess import InputSpec, normalize
 
 from .checkpoint import load_checkpoint, make_checkpoint, model_from_checkpoint, save_atomic
-from .data import Split, has_split, load_split, stratified_split
+from .data import Split, train_val_splits
 from .models import build_model, count_macs, count_params
 from .recalibrate import batchnorm_layers, recalibrate_bn
 
@@ -319,11 +319,7 @@ def train(cfg: TrainConfig | None, resume: str | None = None, overrides: dict | 
 
     # data, validated up front
     limit = cfg.limit_per_class or None
-    train_split = load_split(cfg.data, "train", cfg.input_size, limit=limit)
-    if has_split(cfg.data, "val"):
-        val_split = load_split(cfg.data, "val", cfg.input_size, limit=limit)
-    else:
-        train_split, val_split = stratified_split(train_split, cfg.val_fraction, cfg.seed)
+    train_split, val_split = train_val_splits(cfg.data, cfg.input_size, limit, cfg.val_fraction, cfg.seed)
     for s in (train_split, val_split):
         for line in s.report.lines():
             log(line)
@@ -497,7 +493,6 @@ def train(cfg: TrainConfig | None, resume: str | None = None, overrides: dict | 
             if cfg.bn_recalibrate:  # a copy: the statistics training carries on with stay as they are
                 eval_model = copy.deepcopy(eval_model)
                 recalibrate_bn(eval_model, x_train, seed=cfg.seed)
-                eval_model.eval()
             rep, vloss = evaluate_split(eval_model, val_split, spec, device)
             row = {"epoch": epoch + 1, "step": step, "lr": opt.param_groups[0]["lr"],
                    "train_loss": round(running["loss"] / max(1, running["seen"]), 5),
