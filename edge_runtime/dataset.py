@@ -20,7 +20,7 @@ from .errors import EmoError
 from .labels import LABELS
 from .preprocess import resize_square
 
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".webp", ".tif", ".tiff"}
+from .files import IMAGE_EXTS
 CSV_USAGE = {"train": "Training", "val": "PublicTest", "test": "PrivateTest"}
 FOLDER_SPLITS = {"train": ("train", "Training"), "val": ("val", "PublicTest", "test"), "test": ("test", "PrivateTest")}
 

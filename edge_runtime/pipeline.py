@@ -1,33 +1,13 @@
 """The infer loop: source -> recognizer -> outputs, with clean stops on SIGINT/SIGTERM."""
 from __future__ import annotations
 
-import signal
 import time
 from typing import Optional
 
 from .outputs import AnnotatedSaver, annotate, frame_record
 from .recognizer import Recognizer
 from .sources import ImageSource
-
-
-class StopFlag:
-    """Set by SIGINT/SIGTERM; the loop finishes the current frame, then flushes and closes."""
-
-    def __init__(self):
-        self.reason: Optional[str] = None
-
-    def __call__(self, signum, frame):
-        if self.reason is not None:  # a second Ctrl-C: stop waiting
-            raise KeyboardInterrupt
-        self.reason = signal.Signals(signum).name
-
-    def install(self):
-        self._old = {s: signal.signal(s, self) for s in (signal.SIGINT, signal.SIGTERM)}
-        return self
-
-    def restore(self):
-        for s, h in getattr(self, "_old", {}).items():
-            signal.signal(s, h)
+from .stopping import StopFlag
 
 
 def run(source, label: str, rec: Recognizer, writer, saver: Optional[AnnotatedSaver] = None,
