@@ -17,10 +17,10 @@ import cv2
 import numpy as np
 
 from .errors import EmoError
+from .files import IMAGE_EXTS
 from .labels import LABELS
 from .preprocess import resize_square
 
-from .files import IMAGE_EXTS
 CSV_USAGE = {"train": "Training", "val": "PublicTest", "test": "PrivateTest"}
 FOLDER_SPLITS = {"train": ("train", "Training"), "val": ("val", "PublicTest", "test"), "test": ("test", "PrivateTest")}
 
