@@ -1,0 +1,512 @@
+"""Hostile inputs, from the CLI and the Python API: file names, truncated and oversized images and
+videos, model metadata, option values, API arrays, streams that stall or end, outputs that
+cannot be written. For each: a one-line error with exit 2 and no traceback, or a correct result;
+nothing reported as written that is not readable; nothing destroyed.
+
+Most cases build their inputs from the bundled example photo, so they run without ../shared.
+"""
+from __future__ import annotations
+
+import hashlib
+import http.server
+import json
+import os
+import resource
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import threading
+import time
+import zlib
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from onnx import TensorProto, helper
+
+from emo.edge_runtime.classifier import DEFAULT_MODEL, Classifier
+from emo.edge_runtime.errors import EmoError
+from emo.edge_runtime.files import read_image, shown
+from emo.edge_runtime.recognizer import Recognizer
+from emo.edge_runtime.sources import open_source
+
+from conftest import REPO, bin_path, make_video, run_cli
+
+ASTRONAUT = REPO / "examples" / "astronaut.png"
+HYPO = settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck))
+
+
+def user_error(r: subprocess.CompletedProcess, *needles: str) -> str:
+    """Exit 2, exactly one line on stderr, no traceback, and the line names the problem."""
+    err = r.stderr.strip()
+    assert r.returncode == 2, (r.returncode, err[-800:])
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err[-800:]
+    for n in needles:
+        assert n in err, (n, err)
+    return err
+
+
+def jsonl(r) -> list[dict]:
+    return [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
+
+
+def digest(p: Path) -> str:
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+def face_frame() -> np.ndarray:
+    return cv2.imread(str(ASTRONAUT))
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> Path:
+    """12 frames of the astronaut photo (her face found by Haar in every one), MJPG at 10 fps."""
+    img = cv2.resize(face_frame(), (320, 320))
+    return make_video(tmp_path_factory.mktemp("clip") / "clip.avi", [img] * 12)
+
+
+# --- 1. file names OpenCV cannot take --------------------------------------------------------------
+
+BAD = os.fsdecode(b"caf\xe9")  # not valid UTF-8: OpenCV used to segfault on it
+
+
+def test_non_utf8_names_in_every_source_kind(tmp_path, clip):
+    d = tmp_path / f"in-{BAD}"
+    d.mkdir()
+    shutil.copy(ASTRONAUT, d / f"{BAD}.png")
+    shutil.copy(clip, d / f"{BAD}.avi")
+    for src in (d / f"{BAD}.png", d, str(d / "*.png")):
+        r = run_cli("emo-edge", "infer", os.fsencode(src))
+        assert r.returncode == 0, r.stderr
+        recs = jsonl(r)
+        assert len(recs) == 1 and len(recs[0]["faces"]) == 1
+        assert recs[0]["file"] == shown(f"{BAD}.png") == "caf\\xe9.png"
+    out = tmp_path / f"out-{BAD}.avi"
+    r = run_cli("emo-edge", "infer", os.fsencode(d / f"{BAD}.avi"), "--save", os.fsencode(out))
+    assert r.returncode == 0, r.stderr
+    assert len(jsonl(r)) == 12 and "wrote 12" in r.stderr
+    cap = cv2.VideoCapture(str(shutil.copy(out, tmp_path / "plain.avi")))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 12 and cap.read()[0]
+
+
+def test_non_utf8_names_in_evaluate(tmp_path):
+    face = cv2.resize(cv2.cvtColor(face_frame()[66:162, 176:272], cv2.COLOR_BGR2GRAY), (48, 48))
+    for c in ("happy", "sad"):
+        (tmp_path / c).mkdir()
+        for i in range(3):
+            cv2.imencode(".png", face)[1].tofile(os.fsencode(tmp_path / c / f"{BAD}{i}.png"))
+    r = run_cli("emo-edge", "evaluate", DEFAULT_MODEL, tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "accuracy" in r.stdout and "6 images" in r.stderr
+
+
+@HYPO
+@given(name=st.binary(min_size=1, max_size=60).filter(lambda b: b"/" not in b and b"\0" not in b and b not in (b".", b"..")))
+def test_any_file_name_reads_or_fails_cleanly(tmp_path_factory, name):
+    d = tmp_path_factory.mktemp("names")
+    p = os.path.join(os.fsencode(d), name + b".png")
+    shutil.copy(ASTRONAUT, p)
+    frames = list(open_source(os.fsdecode(p)))
+    assert len(frames) == 1 and frames[0].image.shape == (512, 512, 3)
+    shown(frames[0].name).encode("utf-8")
+
+
+# --- 2. --save must never overwrite its own input ---------------------------------------------------
+
+def test_save_onto_the_input_is_refused(tmp_path, clip):
+    vid = shutil.copy(clip, tmp_path / "v.avi")
+    img = shutil.copy(ASTRONAUT, tmp_path / "a.png")
+    d = tmp_path / "shots"
+    d.mkdir()
+    shutil.copy(ASTRONAUT, d / "a.jpg")
+    before = {p: digest(Path(p)) for p in (vid, img, d / "a.jpg")}
+    for src, save in ((vid, vid), (img, img), (d, d), (str(d / "*.jpg"), d)):
+        r = run_cli("emo-edge", "infer", src, "--save", save)
+        user_error(r, "--save")
+        assert r.stdout == ""
+    assert before == {p: digest(Path(p)) for p in before}
+
+
+# --- 3. writes are checked ---------------------------------------------------------------------------
+
+def _fsize_limit(n: int):
+    def pre():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (n, n))
+    return pre
+
+
+def test_full_disk_is_reported_not_wrote(tmp_path, clip):
+    out = tmp_path / "out.avi"
+    r = subprocess.run([bin_path("emo-edge"), "infer", str(clip), "--save", str(out)], capture_output=True, text=True,
+                       timeout=120, preexec_fn=_fsize_limit(150_000))
+    user_error(r, "out.avi")
+    assert "wrote" not in r.stderr and not out.exists()
+    assert [p.name for p in tmp_path.iterdir()] == []  # no temporary file left behind
+    r = subprocess.run([bin_path("emo-edge"), "infer", str(ASTRONAUT), "--save", str(tmp_path / "a.png")],
+                       capture_output=True, text=True, timeout=120, preexec_fn=_fsize_limit(20_000))
+    user_error(r, "a.png")
+    assert not (tmp_path / "a.png").exists()
+
+
+def test_folder_save_keeps_same_stem_inputs_apart(tmp_path):
+    d = tmp_path / "in"
+    d.mkdir()
+    shutil.copy(ASTRONAUT, d / "a.png")
+    cv2.imwrite(str(d / "a.jpg"), cv2.flip(face_frame(), 1))
+    r = run_cli("emo-edge", "infer", d, "--save", tmp_path / "out")
+    assert r.returncode == 0, r.stderr
+    outs = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert len(outs) == 2 and "wrote 2" in r.stderr, (outs, r.stderr)
+    assert all(cv2.imread(str(tmp_path / "out" / n)) is not None for n in outs)
+
+
+def test_unwritable_container_fails_before_the_first_frame(tmp_path, clip):
+    r = run_cli("emo-edge", "infer", clip, "--save", tmp_path / "out.webm")
+    user_error(r, "out.webm")
+    assert r.stdout == "" and not (tmp_path / "out.webm").exists()
+
+
+# --- 4. one Recognizer shared by threads --------------------------------------------------------------
+
+def test_shared_recognizer_gives_the_same_results_as_one_thread(tmp_path):
+    frames = [face_frame(), cv2.flip(face_frame(), 1), cv2.resize(face_frame(), (300, 300)), np.full((200, 200, 3), 90, np.uint8)]
+    ref = [[(f.box, f.scores) for f in Recognizer().process(fr)] for fr in frames]
+    rec = Recognizer()
+    got, errors = {}, []
+
+    def work(t):
+        try:
+            for k in range(12):
+                i = (t + k) % len(frames)
+                got.setdefault(i, []).append([(f.box, f.scores) for f in rec.process(frames[i])])
+        except Exception as e:  # noqa: BLE001 - the test reports any failure
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    for i, outs in got.items():
+        assert all(o == ref[i] for o in outs), i
+
+
+# --- 5. errors that used to be tracebacks --------------------------------------------------------------
+
+def test_evaluate_bad_options_fail_up_front(tmp_path):
+    user_error(run_cli("emo-edge", "evaluate", DEFAULT_MODEL, tmp_path, "--split", "bogus"), "--split")
+    t0 = time.monotonic()
+    r = run_cli("emo-edge", "evaluate", DEFAULT_MODEL, ASTRONAUT.parent, "--json", tmp_path / "no" / "such" / "r.json")
+    user_error(r, "--json")
+    assert time.monotonic() - t0 < 30 and r.stdout == ""
+
+
+def test_long_names_oversized_images_and_wrong_detector_files(tmp_path):
+    user_error(run_cli("emo-edge", "infer", tmp_path / ("x" * 300 + ".jpg")), "too long")
+    user_error(run_cli("emo-edge", "infer", ASTRONAUT, "--save", tmp_path / ("y" * 300 + ".jpg")), "too long")
+    huge = tmp_path / "huge.png"
+    huge.write_bytes(_png_header_only(100_000, 100_000))
+    user_error(run_cli("emo-edge", "infer", huge), "huge.png")
+    d = tmp_path / "mixed"
+    d.mkdir()
+    shutil.copy(huge, d / "a_huge.png")
+    shutil.copy(ASTRONAUT, d / "b.png")
+    r = run_cli("emo-edge", "infer", d)
+    assert r.returncode == 0 and [x["file"] for x in jsonl(r)] == ["b.png"] and "a_huge.png" in r.stderr
+    user_error(run_cli("emo-edge", "infer", ASTRONAUT, "--detector", "yunet", "--detector-model", DEFAULT_MODEL), "YuNet")
+
+
+def _png_header_only(w: int, h: int) -> bytes:
+    def chunk(t, d):
+        return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xFFFFFFFF)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+
+
+def _with_meta(dst: Path, **changes) -> Path:
+    m = onnx.load(str(DEFAULT_MODEL))
+    for p in m.metadata_props:
+        if p.key == "emo":
+            d = json.loads(p.value)
+            d.update(changes)
+            p.value = json.dumps(d)
+    onnx.save(m, str(dst))
+    return dst
+
+
+def _six_class_model(dst: Path) -> Path:
+    """A valid ONNX classifier with emo metadata for 7 labels but only 6 outputs."""
+    w = helper.make_tensor("w", TensorProto.FLOAT, [48 * 48, 6], np.zeros(48 * 48 * 6, np.float32).tolist())
+    g = helper.make_graph(
+        [helper.make_node("Flatten", ["x"], ["f"]), helper.make_node("MatMul", ["f", "w"], ["y"])], "six",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 48, 48])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 6])], [w])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    src = onnx.load(str(DEFAULT_MODEL))
+    m.metadata_props.extend(src.metadata_props)
+    onnx.save(m, str(dst))
+    return dst
+
+
+@pytest.mark.parametrize("changes", [
+    {"labels": 5}, {"input": "48"}, {"input": {"size": "48"}}, {"metrics": [1, 2]}, {"extra": "x"}, {"arch": 3},
+    {"precision": None}, {"format_version": "1"}, {"input": {"size": 48, "std": 0}}, {"labels": ["a"] * 7},
+])
+def test_model_metadata_of_the_wrong_type(tmp_path, changes):
+    m = _with_meta(tmp_path / "m.onnx", **changes)
+    for cmd in (["infer", ASTRONAUT, "--model", m], ["info", m]):
+        user_error(run_cli("emo-edge", *cmd), "m.onnx")
+
+
+def test_label_count_must_match_the_model_output(tmp_path):
+    user_error(run_cli("emo-edge", "infer", ASTRONAUT, "--model", _six_class_model(tmp_path / "six.onnx")), "6", "7")
+
+
+@HYPO
+@given(meta=st.dictionaries(st.sampled_from(["arch", "precision", "input", "labels", "output", "metrics", "extra",
+                                              "format_version", "checkpoint_sha256"]),
+                            st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
+                                         lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=5), c, max_size=3),
+                                         max_leaves=6), max_size=4))
+def test_any_metadata_loads_or_says_what_is_wrong(meta):
+    from emo.edge_runtime.metadata import KEY, from_props
+
+    base = json.loads(dict(onnx_meta_props())[KEY])
+    base.update(meta)
+    try:
+        m = from_props({KEY: json.dumps(base)}, "m.onnx")
+    except EmoError as e:
+        assert "m.onnx" in str(e) and "\n" not in str(e)
+        return
+    assert isinstance(m.metrics, dict) and isinstance(m.extra, dict) and len(m.labels) == 7
+    assert isinstance(m.input.size, int) and m.input.std > 0
+
+
+def onnx_meta_props() -> list[tuple[str, str]]:
+    return [(p.key, p.value) for p in onnx.load(str(DEFAULT_MODEL)).metadata_props]
+
+
+# --- 6. silent loss -------------------------------------------------------------------------------------
+
+def test_truncated_jpeg_is_an_error_not_a_grey_frame(tmp_path):
+    ok, buf = cv2.imencode(".jpg", face_frame())
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(buf.tobytes()[: len(buf) // 2])
+    user_error(run_cli("emo-edge", "infer", cut), "cut.jpg", "truncated")
+    d = tmp_path / "d"
+    d.mkdir()
+    shutil.copy(cut, d / "cut.jpg")
+    shutil.copy(ASTRONAUT, d / "good.png")
+    r = run_cli("emo-edge", "infer", d)
+    assert r.returncode == 0 and [x["file"] for x in jsonl(r)] == ["good.png"]
+    assert "cut.jpg" in r.stderr and "skipped 1 of 2" in r.stderr
+
+
+def test_evaluate_says_what_it_dropped(tmp_path):
+    face = cv2.resize(cv2.cvtColor(face_frame()[66:162, 176:272], cv2.COLOR_BGR2GRAY), (48, 48))
+    (tmp_path / "happy").mkdir()
+    for i in range(4):
+        cv2.imwrite(str(tmp_path / "happy" / f"{i}.png"), face)
+    (tmp_path / "happy" / "bad.png").write_bytes(b"not a png")
+    r = run_cli("emo-edge", "evaluate", DEFAULT_MODEL, tmp_path)
+    assert r.returncode == 0 and "skipped 1 unreadable" in r.stderr
+    px = " ".join(map(str, face.ravel()))
+    csv = tmp_path / "f.csv"
+    csv.write_text(f"emotion,pixels,Usage\n3,{px},PublicTest\n3,1 2 3,PublicTest\nx,{px},PublicTest\n3,{px},PublicTest\n")
+    r = run_cli("emo-edge", "evaluate", DEFAULT_MODEL, csv)
+    assert r.returncode == 0 and "skipped 2 unreadable" in r.stderr and "f.csv:3" in r.stderr
+
+
+# --- 7. blocking sources must stop on a signal -------------------------------------------------------------
+
+@pytest.fixture
+def silent_server():
+    """A TCP server on 127.0.0.1 that accepts connections and never answers."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(8)
+    conns = []
+    stop = threading.Event()
+
+    def accept():
+        s.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conns.append(s.accept()[0])
+            except OSError:
+                pass
+    t = threading.Thread(target=accept, daemon=True)
+    t.start()
+    yield f"http://127.0.0.1:{s.getsockname()[1]}/live.mjpg"
+    stop.set()
+    t.join(2)
+    for c in conns:
+        c.close()
+    s.close()
+
+
+def _signal_after(args, delay, sig=signal.SIGTERM, timeout=20):
+    p = subprocess.Popen([bin_path("emo-edge"), *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(delay)
+    t0 = time.monotonic()
+    p.send_signal(sig)
+    out, err = p.communicate(timeout=timeout)
+    return p.returncode, time.monotonic() - t0, out, err
+
+
+def test_a_stream_that_never_answers_stops_on_sigterm_and_times_out(silent_server):
+    rc, took, out, err = _signal_after(["infer", silent_server], 2.0)
+    assert rc == 143 and took < 3, (rc, took, err)
+    assert "Traceback" not in err
+    r = run_cli("emo-edge", "infer", silent_server, "--timeout", "2", timeout=30)
+    user_error(r, "no answer")
+
+
+class MjpegHandler(http.server.BaseHTTPRequestHandler):
+    """A live MJPEG stream of the example photo that ends after ``frames`` frames (a drop-out)."""
+
+    frames = 5
+
+    def do_GET(self):
+        jpg = cv2.imencode(".jpg", cv2.resize(face_frame(), (320, 320)))[1].tobytes()
+        self.send_response(200)
+        self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+        self.end_headers()
+        try:
+            for _ in range(self.frames):
+                self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(jpg) + jpg + b"\r\n")
+                time.sleep(0.05)
+        except OSError:
+            pass
+
+    def log_message(self, *a):
+        pass
+
+
+def test_sigterm_during_reconnect_backoff_exits_at_once():
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), MjpegHandler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{srv.server_address[1]}/live.mjpg"
+    try:
+        p = subprocess.Popen([bin_path("emo-edge"), "infer", url, "--reconnect", "20"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+        first = p.stdout.readline()
+        srv.shutdown()
+        srv.server_close()
+        deadline = time.monotonic() + 20
+        err = ""
+        while "reopening" not in err and time.monotonic() < deadline:  # wait until it is in its backoff
+            time.sleep(0.5)
+            if p.poll() is not None:
+                break
+        time.sleep(1.5)
+        t0 = time.monotonic()
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=20)
+        assert json.loads(first)["faces"], first
+        assert p.returncode == 143 and time.monotonic() - t0 < 3, (p.returncode, err)
+        assert "reopening" in err and "Traceback" not in err
+    finally:
+        srv.server_close()
+
+
+def test_fifo_and_symlink_loops(tmp_path):
+    fifo = tmp_path / "pipe.avi"
+    os.mkfifo(fifo)
+    user_error(run_cli("emo-edge", "infer", fifo, timeout=20), "pipe.avi", "FIFO")
+    d = tmp_path / "tree"
+    (d / "sub").mkdir(parents=True)
+    shutil.copy(ASTRONAUT, d / "sub" / "a.png")
+    os.symlink(d, d / "sub" / "loop")
+    os.symlink(d, d / "loop2")
+    r = run_cli("emo-edge", "infer", str(d / "**" / "*.png"), timeout=60)
+    assert r.returncode == 0 and [x["file"] for x in jsonl(r)] == ["a.png"], r.stderr[-400:]
+
+
+# --- 8. a finite video over http ends ------------------------------------------------------------------
+
+def test_http_url_to_a_video_file_ends(tmp_path, clip):
+    shutil.copy(clip, tmp_path / "clip.avi")
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, directory=str(tmp_path), **kw)
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        r = run_cli("emo-edge", "infer", f"http://127.0.0.1:{srv.server_address[1]}/clip.avi", timeout=60)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert r.returncode == 0, r.stderr
+    recs = jsonl(r)
+    assert len(recs) == 12 and recs[-1]["timestamp"] == pytest.approx(1.1, abs=1e-3)
+
+
+# --- 9. API and option edges ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def rec():
+    return Recognizer()
+
+
+@pytest.mark.parametrize("bad,exc", [
+    (None, TypeError), ([[1, 2]], TypeError), (np.zeros((0, 0, 3), np.uint8), ValueError),
+    (np.zeros((10, 10, 3), np.float32), TypeError), (np.zeros((4, 4, 4, 4), np.uint8), ValueError),
+    (np.zeros((10, 10, 2), np.uint8), ValueError),
+])
+def test_process_checks_its_input(rec, bad, exc):
+    with pytest.raises(exc, match="BGR"):
+        rec.process(bad)
+
+
+@HYPO
+@given(shape=st.lists(st.integers(0, 64), min_size=1, max_size=4),
+       dtype=st.sampled_from([np.uint8, np.uint16, np.float32, np.int64, bool]))
+def test_process_any_array(rec, shape, dtype):
+    a = np.zeros(shape, dtype)
+    try:
+        faces = rec.process(a)
+    except (TypeError, ValueError) as e:
+        assert "BGR" in str(e)
+        return
+    assert faces == []  # a valid blank frame has no faces
+
+
+def test_option_values_are_checked(tmp_path, clip):
+    user_error(run_cli("emo-edge", "infer", ASTRONAUT, "--detect-size", "1"), "--detect-size")
+    user_error(run_cli("emo-edge", "infer", ASTRONAUT, "--detector-model", DEFAULT_MODEL), "--detector-model")
+    user_error(run_cli("emo-edge", "infer", ""), "empty")
+    user_error(run_cli("emo-edge", "infer", ASTRONAUT, "--threads", "0"), "--threads")
+    r = run_cli("emo-edge", "infer", ASTRONAUT, "--threads", "1000")
+    assert r.returncode == 0 and "--threads 1000" in r.stderr and "Traceback" not in r.stderr
+    empty = tmp_path / "empty.avi"
+    cv2.VideoWriter(str(empty), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 64)).release()
+    user_error(run_cli("emo-edge", "infer", empty), "empty.avi", "no frames")
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(os.urandom(4000))
+    user_error(run_cli("emo-edge", "infer", junk), "junk.mp4")  # and no FFmpeg lines around it
+
+
+def test_broken_pipe_stops_cleanly_with_a_summary(tmp_path, clip):
+    out = tmp_path / "o.avi"
+    sh = f"'{bin_path('emo-edge')}' infer '{clip}' --save '{out}' | head -1; echo \"rc=${{PIPESTATUS[0]}}\" >&2"
+    r = subprocess.run(["bash", "-c", sh], capture_output=True, text=True, timeout=120)
+    assert len(r.stdout.splitlines()) == 1
+    assert "rc=0" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert "output closed" in r.stderr and "wrote" in r.stderr
+    cap = cv2.VideoCapture(str(out))
+    assert cap.read()[0]
