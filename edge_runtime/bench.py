@@ -166,47 +166,54 @@ def make_test_video(photo: Path, path: Path, frames: int = 300, size=(640, 480),
     return path
 
 
+STAGES = ("decode", "detect", "preprocess", "classify", "track", "output", "total")
+
+
+class _StageTimes:
+    """A sink of the infer loop that keeps each frame's stage times (ms). Placed after the JSON
+    writer, it also times that writer ("output") and the whole frame ("total": from one frame's
+    end to the next's, so decode of the next frame included)."""
+
+    def __init__(self, out) -> None:
+        self.out = out
+        self.ms: dict[str, list[float]] = {k: [] for k in STAGES}
+        self._last: Optional[float] = None
+
+    def write(self, result) -> None:
+        t0 = time.perf_counter()
+        self.out.write(result)
+        now = time.perf_counter()
+        for k, v in result.record["timing_ms"].items():
+            self.ms[k].append(v)
+        self.ms["output"].append((now - t0) * 1e3)
+        if self._last is not None:
+            self.ms["total"].append((now - self._last) * 1e3)
+        self._last = now
+
+    def close(self) -> None:
+        self.out.close()
+
+
 def pipeline_bench(video: Path, model: Optional[Path], detector: str, detector_model: Optional[str], threads: int,
                    max_frames: int = 0, detect_every: int = 1) -> dict:
-    """Per-stage timing and end-to-end FPS of the whole infer loop (decode, detect, crop,
-    classify, JSON output to /dev/null)."""
-    from .outputs import JsonLinesWriter, frame_record
+    """Per-stage timing and end-to-end FPS of the real infer loop (decode, detect, crop,
+    classify, track, JSON output to /dev/null)."""
+    from .outputs import JsonLinesWriter
+    from .pipeline import run
     from .recognizer import Recognizer
     from .sources import open_source
 
     cv2.setNumThreads(threads)
     rec = Recognizer(model=model, detector=detector, detector_model=detector_model, threads=threads, detect_every=detect_every)
     src = open_source(str(video))
-    stages = {k: [] for k in ("decode", "detect", "preprocess", "classify", "track", "output", "total")}
-    faces = 0
     with open(os.devnull, "w") as null:
-        out = JsonLinesWriter(null)
-        it = iter(src)
-        t_start = time.perf_counter()
-        n = 0
-        while not max_frames or n < max_frames:
-            t0 = time.perf_counter()
-            fr = next(it, None)
-            if fr is None:
-                break
-            t1 = time.perf_counter()
-            fs = rec.process(fr.image)
-            t2 = time.perf_counter()
-            out.write(frame_record(str(video), fr.index, fr.timestamp, fs, {"decode_ms": (t1 - t0) * 1e3, **rec.timings}))
-            t3 = time.perf_counter()
-            for k in ("detect", "preprocess", "classify", "track"):
-                stages[k].append(rec.timings[f"{k}_ms"] / 1e3)
-            stages["decode"].append(t1 - t0)
-            stages["output"].append(t3 - t2)
-            stages["total"].append(t3 - t0)
-            faces += len(fs)
-            n += 1
-        wall = time.perf_counter() - t_start
-    src.close()
-    return {"detector": detector, "threads": threads, "detect_every": detect_every, "frames": n, "faces": faces,
-            "frame_size": list(src.size) if getattr(src, "size", None) else None,
-            "fps": n / wall if wall > 0 else 0.0, "stages_median_ms": {k: float(np.median(v) * 1e3) if v else 0.0 for k, v in stages.items()},
-            "stages_p90_ms": {k: float(np.percentile(v, 90) * 1e3) if v else 0.0 for k, v in stages.items()}}
+        times = _StageTimes(JsonLinesWriter(null))
+        summary = run(src, str(video), rec, [times], max_frames=max_frames)
+    pct = lambda v, q: float(np.percentile(v, q)) if v else 0.0  # noqa: E731
+    return {"detector": detector, "threads": threads, "detect_every": detect_every, "frames": summary.frames,
+            "faces": summary.faces, "frame_size": list(src.size) if getattr(src, "size", None) else None,
+            "fps": summary.fps, "stages_median_ms": {k: pct(v, 50) for k, v in times.ms.items()},
+            "stages_p90_ms": {k: pct(v, 90) for k, v in times.ms.items()}}
 
 
 def rss_mb() -> float:
@@ -267,11 +274,11 @@ def cli_peak_rss(args: list[str]) -> dict:
 
 def save_result(result: dict, out: Path, md: str, name: str) -> None:
     """Write the JSON result and its Markdown table next to it; print the table on stdout."""
+    from .files import atomic_write_text
+
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, out)
-    out.with_suffix(".md").write_text(md)
+    atomic_write_text(out, json.dumps(result, indent=2))
+    atomic_write_text(out.with_suffix(".md"), md)
     print(md)
     print(f"{name}: wrote {out} and {out.with_suffix('.md')}", file=sys.stderr, flush=True)
 

@@ -8,8 +8,9 @@ import numpy as np
 import onnxruntime as ort
 
 from .errors import EmoError
+from .files import check_file, exists, opencv_safe, shown
 from .metadata import ModelMetadata, from_props
-from .preprocess import faces_to_tensor, normalize
+from .preprocess import normalize
 
 PACKAGE_MODELS = Path(__file__).parent / "models"
 DEFAULT_MODEL = PACKAGE_MODELS / "emo_default.int8.onnx"
@@ -36,13 +37,15 @@ def session_options(threads: int = 1, spin: bool = True) -> ort.SessionOptions:
 
 def load_session(path: str | os.PathLike, threads: int = 1, spin: bool = True) -> ort.InferenceSession:
     p = Path(path)
-    if not p.is_file():
-        raise EmoError(f"model file {p} does not exist; pass an .onnx written by emo-export (or omit --model for the default)")
-    try:
-        return ort.InferenceSession(str(p), session_options(threads, spin), providers=["CPUExecutionProvider"])
-    except Exception as e:  # onnxruntime raises its own exception types
+    if not exists(p):
+        raise EmoError(f"model file {shown(p)} does not exist; pass an .onnx written by emo-export (or omit --model for the default)")
+    check_file(p, "model file")
+    try:  # a name that is not UTF-8 cannot be passed to onnxruntime; its bytes can
+        model = str(p) if opencv_safe(p) else p.read_bytes()
+        return ort.InferenceSession(model, session_options(threads, spin), providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
         msg = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-        raise EmoError(f"{p} is not a loadable ONNX model ({msg}); pass an .onnx written by emo-export") from None
+        raise EmoError(f"{shown(p)} is not a loadable ONNX model ({msg}); pass an .onnx written by emo-export") from None
 
 
 def read_metadata(session: ort.InferenceSession, source: str) -> ModelMetadata:
@@ -59,7 +62,7 @@ class Classifier:
     def __init__(self, model: str | os.PathLike | None = None, threads: int = 1, spin: bool = True):
         self.path = Path(model) if model else default_model_path()
         self.session = load_session(self.path, threads, spin)
-        self.meta = read_metadata(self.session, str(self.path))
+        self.meta = read_metadata(self.session, shown(self.path))
         self.spec = self.meta.input
         self.labels = self.meta.labels
         inp = self.session.get_inputs()[0]
@@ -68,12 +71,15 @@ class Classifier:
         want = [self.spec.channels, self.spec.size, self.spec.size]
         if len(shape) != 4 or [d if isinstance(d, int) else None for d in shape[1:]] != want:
             raise EmoError(
-                f"{self.path}: input shape {shape} does not match its metadata "
+                f"{shown(self.path)}: input shape {shape} does not match its metadata "
                 f"(N x {want[0]} x {want[1]} x {want[2]}); re-export the model with emo-export"
             )
         if isinstance(shape[0], int):
-            raise EmoError(f"{self.path}: batch axis is fixed at {shape[0]}; emo needs a dynamic batch axis, re-export with emo-export")
-        self.logits(np.zeros((1, want[0], want[1], want[2]), np.float32))  # warm-up: first run allocates
+            raise EmoError(f"{shown(self.path)}: batch axis is fixed at {shape[0]}; emo needs a dynamic batch axis, re-export with emo-export")
+        out = self.logits(np.zeros((1, want[0], want[1], want[2]), np.float32))  # warm-up: first run allocates
+        if out.shape != (1, len(self.labels)):
+            raise EmoError(f"{shown(self.path)}: the model outputs {out.shape[-1] if out.ndim else 0} scores per face but its metadata names "
+                           f"{len(self.labels)} labels; re-export the model with emo-export")
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         """Raw model output for a normalised batch (logits or probabilities per the metadata)."""
@@ -93,7 +99,3 @@ class Classifier:
     def predict_crops(self, crops: np.ndarray) -> np.ndarray:
         """Probabilities for uint8 gray crops ``(N, S, S)`` already at the model's size."""
         return self.predict(normalize(crops, self.spec))
-
-    def predict_faces(self, image: np.ndarray, boxes: list) -> np.ndarray:
-        """Probabilities for every face box of one frame, classified as one batch."""
-        return self.predict(faces_to_tensor(image, boxes, self.spec))

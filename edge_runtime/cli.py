@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from .errors import EmoError
+from .errors import EmoError, cli_main
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Find faces and score their emotions with an emo ONNX model. Runs on a Raspberry Pi.")
@@ -26,43 +27,90 @@ def infer(
     detect_every: int = typer.Option(1, min=1, help="Run detection every N frames; track boxes in between."),
     detect_size: Optional[int] = typer.Option(None, help="Longest side of the frame the detector sees (haar: 320, yunet: 640)."),
     smooth: float = typer.Option(0.0, min=0.0, max=0.99, help="Score smoothing per track, 0 (off) to 0.99; 0.6 suits live video."),
-    threads: int = typer.Option(1, min=1, help="onnxruntime threads for the classifier."),
+    threads: int = typer.Option(1, min=1, help="onnxruntime threads for the classifier (at most the CPU cores)."),
     spin: bool = typer.Option(True, "--spin/--no-spin", help="--no-spin stops idle threads busy-waiting (saves power)."),
-    width: int = typer.Option(0, help="Camera: requested frame width."),
-    height: int = typer.Option(0, help="Camera: requested frame height."),
-    fps: float = typer.Option(0, help="Camera: requested frame rate."),
+    width: int = typer.Option(0, min=0, help="Camera: requested frame width."),
+    height: int = typer.Option(0, min=0, help="Camera: requested frame height."),
+    fps: float = typer.Option(0, min=0, help="Camera: requested frame rate."),
     reconnect: int = typer.Option(10, min=0, help="Camera/stream: reopen attempts, with backoff, after a drop-out."),
+    timeout: float = typer.Option(10.0, min=0.5, help="Stream: seconds to wait for it to open or deliver a frame."),
     save: Optional[str] = typer.Option(None, help="Write annotated output: an image file, a video (.mp4/.avi) or a folder."),
     max_frames: int = typer.Option(0, min=0, help="Stop after N frames (0: no limit)."),
     duration: float = typer.Option(0, min=0, help="Stop after N seconds (0: no limit)."),
     output: str = typer.Option("auto", "--format", help="auto (table on a terminal, JSON Lines otherwise), json or table."),
 ) -> None:
     """Detect faces, classify them and print the emotions per face, one record per frame."""
-    from .outputs import AnnotatedSaver, JsonLinesWriter, TableWriter
-    from .pipeline import StopFlag, run
+    from .outputs import JsonLinesWriter, TableWriter
+    from .pipeline import OUTPUT_CLOSED, run
     from .recognizer import Recognizer
-    from .sources import ImageSource, open_source
+    from .saver import AnnotatedSaver
+    from .sources import open_source
+    from .stopping import StopFlag
 
     if output not in ("auto", "json", "table"):
         raise EmoError(f"--format must be auto, json or table, not '{output}'")
+    threads = _usable_threads(threads)
     rec = Recognizer(model=model, detector=detector, detector_model=str(detector_model) if detector_model else None,
                      threads=threads, spin=spin, detect_every=detect_every, smooth=smooth, detect_max_side=detect_size)
     stop = StopFlag().install()
     try:
-        src = open_source(source, width, height, fps, reconnect)
-        single = isinstance(src, ImageSource) and len(src.paths) == 1
-        saver = AnnotatedSaver(save, single, getattr(src, "fps", 0)) if save else None
+        src = open_source(source, width, height, fps, reconnect, stop=stop, timeout=timeout)
+        sinks: list = []
+        try:
+            saver = AnnotatedSaver(save, len(getattr(src, "paths", ())) == 1, src.fps, _input_files(src)) if save else None
+        except BaseException:
+            src.close()
+            raise
+        if saver is not None:
+            sinks.append(saver)
         table = output == "table" or (output == "auto" and sys.stdout.isatty())
-        writer = TableWriter(rec.labels, live=getattr(src, "live", False)) if table else JsonLinesWriter(sys.stdout)
-        summary = run(src, source, rec, writer, saver, max_frames, duration, stop)
+        sinks.append(TableWriter(rec.labels, live=getattr(src, "live", False)) if table else JsonLinesWriter(sys.stdout))
+        summary = run(src, src.label, rec, sinks, max_frames, duration, stop)
+    except EmoError as e:
+        if not stop.reason:
+            raise
+        print(f"emo-edge: stopped by {stop.reason} ({e})", file=sys.stderr)  # e.g. while a stream was opening
+        raise typer.Exit(stop.exit_code) from None
     finally:
         stop.restore()
-    if summary["stopped_by"]:
-        print(f"emo-edge: stopped by {summary['stopped_by']} after {summary['frames']} frames", file=sys.stderr)
+    if summary.stopped_by == OUTPUT_CLOSED:
+        _silence_stdout()
+        print(f"emo-edge: stopped: output closed after {summary.frames} frames", file=sys.stderr)
+    elif summary.stopped_by:
+        print(f"emo-edge: stopped by {summary.stopped_by} after {summary.frames} frames", file=sys.stderr)
     if saver is not None:
         print(f"emo-edge: wrote {saver.count} annotated frame(s) to {save}", file=sys.stderr)
-    if summary["stopped_by"]:
-        raise typer.Exit(130 if summary["stopped_by"] == "SIGINT" else 143)
+    if summary.stopped_by and summary.stopped_by != OUTPUT_CLOSED:
+        raise typer.Exit(stop.exit_code or 1)
+
+
+def _usable_threads(threads: int) -> int:
+    cores = os.cpu_count() or 1
+    if threads > cores:
+        print(f"emo-edge: warning: --threads {threads} is more than the {cores} CPU cores here; using {cores}", file=sys.stderr)
+        return cores
+    return threads
+
+
+def _input_files(src) -> list:
+    """The files a source reads, so that --save can refuse to overwrite them."""
+    if hasattr(src, "paths"):
+        return list(src.paths)
+    target = getattr(src, "target", None)
+    return [target] if isinstance(target, Path) else []
+
+
+def _silence_stdout() -> None:
+    """The reader of stdout is gone: point fd 1 at /dev/null so the final flush cannot fail."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+
+
+SPLITS = ("train", "val", "test")
 
 
 @app.command()
@@ -79,17 +127,25 @@ def evaluate(
 
     from .classifier import Classifier
     from .dataset import load_split
+    from .files import atomic_write_text, is_dir, shown
     from .metrics import classification_report, format_report
 
-    clf = Classifier(model, threads=threads)
+    if split not in SPLITS:
+        raise EmoError(f"--split must be one of {', '.join(SPLITS)}, not '{split}'")
+    if json_out is not None and not is_dir(json_out.parent or "."):
+        raise EmoError(f"--json {shown(json_out)}: the folder {shown(json_out.parent)} does not exist; create it first")
+    clf = Classifier(model, threads=_usable_threads(threads))
     sp = load_split(data, split, clf.spec.size, skip_blank=False)
+    for line in sp.report.lines():
+        print(f"emo-edge: {line.strip()}", file=sys.stderr)
     preds = []
     for i in range(0, len(sp.labels), batch):
         preds.append(clf.predict_crops(sp.images[i : i + batch]).argmax(1))
     rep = classification_report(sp.labels, np.concatenate(preds))
-    print(format_report(rep, f"{model} on {data} [{split}]"))
+    print(format_report(rep, f"{shown(model)} on {shown(data)} [{split}]"))
     if json_out:
-        json_out.write_text(json.dumps({"model": str(model), "data": str(data), "split": split, "report": rep}, indent=2))
+        atomic_write_text(json_out, json.dumps({"model": shown(model), "data": shown(data), "split": split, "report": rep,
+                                                "data_report": sp.report.to_dict()}, indent=2))
 
 
 @app.command()
@@ -124,16 +180,7 @@ def info(
 
 
 def main() -> None:
-    try:
-        app()
-    except EmoError as e:
-        print(f"emo-edge: error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("emo-edge: interrupted", file=sys.stderr)
-        sys.exit(130)
-    except BrokenPipeError:
-        sys.exit(0)
+    cli_main(app, "emo-edge")
 
 
 if __name__ == "__main__":

@@ -17,12 +17,13 @@ import cv2
 import numpy as np
 
 from .errors import EmoError
-from .files import IMAGE_EXTS
+from .files import IMAGE_EXTS, read_image, shown
 from .labels import LABELS
 from .preprocess import resize_square
 
 CSV_USAGE = {"train": "Training", "val": "PublicTest", "test": "PrivateTest"}
-FOLDER_SPLITS = {"train": ("train", "Training"), "val": ("val", "PublicTest", "test"), "test": ("test", "PrivateTest")}
+FOLDER_SPLITS = {"train": ("train", "Training"), "val": ("val", "PublicTest"), "test": ("test", "PrivateTest")}
+ALL_OF_IT = "a folder of class folders, no split folders: all of it"
 
 
 @dataclass
@@ -85,7 +86,7 @@ def class_index(name: str) -> int | None:
     return None
 
 
-def _finish(images: list, labels: list, report: DataReport, size: int, skip_blank: bool) -> Split:
+def _finish(images: list, labels: list, report: DataReport, skip_blank: bool) -> Split:
     keep_i, keep_l, seen = [], [], {}
     for img, lab in zip(images, labels):
         if skip_blank and int(img.max()) == int(img.min()):
@@ -145,13 +146,14 @@ def load_folder(folder: Path, split: str, size: int = 48, skip_blank: bool = Tru
         if limit is not None:
             files = files[:limit]
         for f in files:
-            img = cv2.imread(str(f), cv2.IMREAD_GRAYSCALE)
-            if img is None or img.size == 0:
-                report.unreadable.append(str(f))
+            try:
+                img = read_image(f, cv2.IMREAD_GRAYSCALE)
+            except EmoError:
+                report.unreadable.append(shown(f))
                 continue
             images.append(_fix_size(img, size, report))
             labels.append(idx)
-    return _finish(images, labels, report, size, skip_blank)
+    return _finish(images, labels, report, skip_blank)
 
 
 def load_csv(path: Path, split: str, size: int = 48, skip_blank: bool = True, limit: int | None = None) -> Split:
@@ -169,6 +171,7 @@ def load_csv(path: Path, split: str, size: int = 48, skip_blank: bool = True, li
             has_usage = "Usage" in cols
             if not has_usage and split != "train":
                 raise EmoError(f"{path} has no Usage column, so it has no '{split}' split; use --val-fraction")
+            report.source = f"{path} [{want}]" if has_usage else f"{path} (no Usage column: all rows)"
             for lineno, row in enumerate(reader, start=2):
                 if has_usage and row["Usage"] != want:
                     continue
@@ -189,30 +192,64 @@ def load_csv(path: Path, split: str, size: int = 48, skip_blank: bool = True, li
                 labels.append(lab)
     except (OSError, EOFError, UnicodeDecodeError, gzip.BadGzipFile, csv.Error) as e:
         raise EmoError(f"cannot read {path}: {e}") from None
-    return _finish(images, labels, report, size, skip_blank)
+    return _finish(images, labels, report, skip_blank)
 
 
-def load_split(data: str | os.PathLike, split: str, size: int = 48, skip_blank: bool = True, limit: int | None = None) -> Split:
-    """Load one split ('train', 'val' or 'test') of a FER2013 folder tree or CSV."""
+def _class_folders(p: Path) -> bool:
+    return any(class_index(c.name) is not None for c in p.iterdir() if c.is_dir())
+
+
+def locate_split(data: str | os.PathLike, split: str) -> str:
+    """Where :func:`load_split` reads ``split`` of ``data`` from, said plainly: ``ROOT/val`` (a
+    split folder), ``fer.csv [PublicTest]`` (the CSV's rows of that Usage), or ``ROOT (a folder
+    of class folders, ...: all of it)``: such a folder has no splits, so every split is all of it,
+    and the report says so. Two splits with the same location are the same faces.
+    Raises :class:`EmoError` when ``data`` does not exist or has no such split folder."""
     p = Path(data)
+    if split not in CSV_USAGE:
+        raise EmoError(f"unknown split '{split}'; use train, val (PublicTest) or test (PrivateTest)")
     if not p.exists():
         raise EmoError(f"data path {p} does not exist; pass a FER2013 folder (ROOT/train/<emotion>/) or fer2013.csv")
     if p.is_file():
         if not (p.name.endswith(".csv") or p.name.endswith(".csv.gz")):
             raise EmoError(f"{p} is not a folder or a .csv/.csv.gz file")
+        return f"{p} [{CSV_USAGE[split]}]"
+    d = find_split_dir(p, split)
+    if d is not None:
+        return str(d)
+    if _class_folders(p):
+        return f"{p} ({ALL_OF_IT})"
+    found = sorted(c.name for c in p.iterdir() if c.is_dir())
+    raise EmoError(f"{p} has no '{FOLDER_SPLITS[split][0]}' folder (it has: {', '.join(found) or 'no folders'}); "
+                   f"expected {p}/{FOLDER_SPLITS[split][0]}/<emotion>/*.jpg")
+
+
+def split_key(data: str | os.PathLike, split: str) -> tuple[Path, str]:
+    """What identifies the faces :func:`load_split` returns for ``split``: the resolved split
+    folder (or class-folder folder) and no Usage, or the resolved CSV and its Usage."""
+    p = Path(data)
+    if p.is_file():
+        return p.resolve(), CSV_USAGE[split]
+    d = find_split_dir(p, split)
+    return (d if d is not None else p).resolve(), ""
+
+
+def load_split(data: str | os.PathLike, split: str, size: int = 48, skip_blank: bool = True, limit: int | None = None) -> Split:
+    """Load one split ('train', 'val' or 'test') of a FER2013 folder tree or CSV; the report's
+    ``source`` says where it came from (:func:`locate_split`)."""
+    p = Path(data)
+    where = locate_split(p, split)
+    if p.is_file():
         return load_csv(p, split, size, skip_blank, limit)
     d = find_split_dir(p, split)
-    if d is None:
-        # a folder that directly holds class folders is a single labelled split
-        if any(class_index(c.name) is not None for c in p.iterdir() if c.is_dir()):
-            return load_folder(p, split, size, skip_blank, limit)
-        raise EmoError(
-            f"{p} has no '{FOLDER_SPLITS[split][0]}' folder; expected {p}/{FOLDER_SPLITS[split][0]}/<emotion>/*.jpg"
-        )
-    return load_folder(d, split, size, skip_blank, limit)
+    sp = load_folder(d if d is not None else p, split, size, skip_blank, limit)
+    sp.report.source = where
+    return sp
 
 
 def has_split(data: str | os.PathLike, split: str) -> bool:
+    """Whether ``data`` has its own ``split``: a split folder, or CSV rows of that Usage (a
+    folder of class folders has none)."""
     p = Path(data)
     if p.is_dir():
         return find_split_dir(p, split) is not None

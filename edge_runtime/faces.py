@@ -9,10 +9,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .boxes import Box, intersection
 from .errors import EmoError
+from .files import check_file, opencv_name, shown
 from .preprocess import to_gray
-
-Box = tuple[int, int, int, int]
 
 
 class HaarDetector:
@@ -47,15 +47,7 @@ def drop_nested(boxes: list[Box], cover: float = 0.5) -> list[Box]:
     """Drop boxes mostly inside a larger one (Haar sometimes fires again on a chin or a mouth)."""
     keep: list[Box] = []
     for b in sorted(boxes, key=lambda b: -b[2] * b[3]):
-        x, y, w, h = b
-        inside = False
-        for k in keep:
-            ix = max(0, min(x + w, k[0] + k[2]) - max(x, k[0]))
-            iy = max(0, min(y + h, k[1] + k[3]) - max(y, k[1]))
-            if ix * iy > cover * w * h:
-                inside = True
-                break
-        if not inside:
+        if all(intersection(b, k) <= cover * b[2] * b[3] for k in keep):
             keep.append(b)
     return keep
 
@@ -67,15 +59,19 @@ class YuNetDetector:
     wants_gray = False
 
     def __init__(self, model: str | os.PathLike, max_side: int = 640, score_threshold: float = 0.7):
-        p = Path(model) if model else None
-        if p is None or not p.is_file():
-            raise EmoError(f"YuNet model {model} does not exist; pass --detector-model PATH to face_detection_yunet.onnx")
+        if not model:
+            raise EmoError("--detector yunet needs --detector-model PATH (face_detection_yunet.onnx from opencv_zoo)")
+        p = check_file(model, "YuNet model")
         if not hasattr(cv2, "FaceDetectorYN"):
             raise EmoError("this OpenCV has no FaceDetectorYN; install opencv-python-headless>=4.8,<5")
+        not_yunet = f"{shown(p)} is not a YuNet model OpenCV can run; pass face_detection_yunet.onnx from opencv_zoo"
         try:
-            self.det = cv2.FaceDetectorYN.create(str(p), "", (320, 320), score_threshold, 0.3, 50)
-        except cv2.error as e:
-            raise EmoError(f"{p} is not a YuNet model OpenCV can load ({str(e).strip().splitlines()[-1][:100]})") from None
+            with opencv_name(p) as name:
+                self.det = cv2.FaceDetectorYN.create(name, "", (320, 320), score_threshold, 0.3, 50)
+            self.det.setInputSize((64, 64))  # an ONNX file of another kind loads, then fails here
+            self.det.detect(np.zeros((64, 64, 3), np.uint8))
+        except cv2.error:
+            raise EmoError(not_yunet) from None
         self.max_side = max_side
 
     def detect(self, image: np.ndarray) -> list[Box]:
@@ -98,11 +94,18 @@ class YuNetDetector:
         return sorted(boxes, key=lambda b: (b[0], b[1]))
 
 
+MIN_DETECT_SIZE = 32  # pixels: below this no detector finds a face
+
+
 def make_detector(kind: str = "haar", model: str | os.PathLike | None = None, max_side: int | None = None):
+    """A detector by name; ``max_side`` is the longest side of the frame it sees (--detect-size)."""
+    if max_side is not None and max_side < MIN_DETECT_SIZE:
+        raise EmoError(f"--detect-size {max_side} is too small; give at least {MIN_DETECT_SIZE} pixels (haar: 320, yunet: 640)")
+    if model and kind != "yunet":
+        raise EmoError(f"--detector-model is a YuNet file, but the detector is {kind}; add --detector yunet")
+    size = {"max_side": max_side} if max_side else {}
     if kind == "haar":
-        return HaarDetector(**({"max_side": max_side} if max_side else {}))
+        return HaarDetector(**size)
     if kind == "yunet":
-        if not model:
-            raise EmoError("--detector yunet needs --detector-model PATH (face_detection_yunet.onnx from opencv_zoo)")
-        return YuNetDetector(model, **({"max_side": max_side} if max_side else {}))
+        return YuNetDetector(model, **size)
     raise EmoError(f"unknown detector '{kind}'; use haar or yunet")

@@ -38,8 +38,8 @@ MAX_IMAGE_BYTES = 512 * 1024 * 1024  # a still image larger than this is refused
 # FFmpeg (inside OpenCV) prints its own lines, such as "moov atom not found", straight to stderr,
 # between our one-line errors. Level -8 is AV_LOG_QUIET; OpenCV reads it when a capture opens.
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
-try:  # OpenCV's own warnings (V4L2 probing) likewise
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+try:  # OpenCV's own log lines (V4L2 probing, DNN shape errors) likewise: emo reports errors itself
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 except AttributeError:
     pass
 

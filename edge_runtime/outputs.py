@@ -1,17 +1,13 @@
-"""Outputs of `emo-edge infer`: JSON Lines, a live terminal table, and annotated media."""
+"""Outputs of `emo-edge infer`: the JSON Lines record, its writers (JSON Lines, a live terminal table)
+and the annotated image. The annotated-media saver is in :mod:`emo.edge_runtime.saver`."""
 from __future__ import annotations
 
 import json
-import os
 import sys
-from pathlib import Path
-from typing import IO, Optional
+from typing import IO
 
 import cv2
 import numpy as np
-
-from .errors import EmoError
-from .sources import IMAGE_EXTS, VIDEO_EXTS
 
 
 def frame_record(source: str, frame_index: int, timestamp: float, faces: list, timing: dict, name: str = "") -> dict:
@@ -28,8 +24,8 @@ class JsonLinesWriter:
     def __init__(self, stream: IO[str] = sys.stdout):
         self.stream = stream
 
-    def write(self, rec: dict) -> None:
-        self.stream.write(json.dumps(rec, separators=(",", ":")) + "\n")
+    def write(self, result) -> None:
+        self.stream.write(json.dumps(result.record, separators=(",", ":")) + "\n")
         self.stream.flush()
 
     def close(self) -> None:
@@ -42,7 +38,8 @@ class TableWriter:
     def __init__(self, labels, live: bool, stream: IO[str] = sys.stdout):
         self.labels, self.live, self.stream = labels, live, stream
 
-    def write(self, rec: dict) -> None:
+    def write(self, result) -> None:
+        rec = result.record
         out = []
         if self.live:
             out.append("\x1b[H\x1b[J")
@@ -90,46 +87,3 @@ def annotate(image: np.ndarray, faces: list, labels) -> np.ndarray:
     return img
 
 
-class AnnotatedSaver:
-    """``--save PATH``: an image file (single-image sources), a video file, or a folder."""
-
-    def __init__(self, path: str, single_image: bool, fps: float):
-        self.path = Path(path)
-        ext = self.path.suffix.lower()
-        self.mode = "video" if ext in VIDEO_EXTS else "image" if ext in IMAGE_EXTS else "folder"
-        if self.mode == "image" and not single_image:
-            raise EmoError(f"--save {path} is one image but the source has many frames; give a folder or a .mp4/.avi path")
-        target = self.path if self.mode == "folder" else self.path.parent
-        try:
-            target.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise EmoError(f"cannot create {target} for --save: {e.strerror}") from None
-        if not os.access(target, os.W_OK):
-            raise EmoError(f"--save: {target} is not writable")
-        self.fps = fps if fps and fps > 0 else 15.0
-        self.writer: Optional[cv2.VideoWriter] = None
-        self.count = 0
-
-    def write(self, image: np.ndarray, index: int, name: str = "") -> None:
-        if self.mode == "image":
-            if not cv2.imwrite(str(self.path), image):
-                raise EmoError(f"could not write {self.path}; check the extension and the disk")
-        elif self.mode == "folder":
-            stem = Path(name).stem if name else f"frame_{index:06d}"
-            cv2.imwrite(str(self.path / f"{stem}.jpg"), image)
-        else:
-            if self.writer is None:
-                fourcc = cv2.VideoWriter_fourcc(*("MJPG" if self.path.suffix.lower() == ".avi" else "mp4v"))
-                self.size = (image.shape[1], image.shape[0])
-                self.writer = cv2.VideoWriter(str(self.path), fourcc, self.fps, self.size)
-                if not self.writer.isOpened():
-                    raise EmoError(f"could not open {self.path} for writing video; try an .avi path")
-            if (image.shape[1], image.shape[0]) != self.size:
-                image = cv2.resize(image, self.size)
-            self.writer.write(image)
-        self.count += 1
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.release()
-            self.writer = None

@@ -1,28 +1,73 @@
-"""The infer loop: source -> recognizer -> outputs, with clean stops on SIGINT/SIGTERM."""
+"""The frame loop: source -> recognizer -> sinks, with clean stops on SIGINT/SIGTERM.
+
+Every way of consuming results (JSON Lines, the live table, the annotated video, benchmarks) is
+a sink: an object with ``write(result)`` and ``close()`` that the one loop feeds. A sink gets a
+:class:`FrameResult`: the frame, its faces, the JSON Lines record, and the annotated image
+(drawn on first use, once per frame, whoever asks).
+"""
 from __future__ import annotations
 
 import time
-from typing import Optional
+from dataclasses import dataclass, field
+from typing import Optional, Protocol
 
-from .outputs import AnnotatedSaver, annotate, frame_record
-from .recognizer import Recognizer
-from .sources import ImageSource
+import numpy as np
+
+from .outputs import annotate, frame_record
+from .recognizer import Face, Recognizer
+from .sources import Frame, ImageSource
 from .stopping import StopFlag
 
+OUTPUT_CLOSED = "output closed"  # stop reason when the reader of stdout goes away (`| head -1`)
 
-def run(source, label: str, rec: Recognizer, writer, saver: Optional[AnnotatedSaver] = None,
-        max_frames: int = 0, duration: float = 0, stop: Optional[StopFlag] = None) -> dict:
-    """Process frames until the source ends, a limit is hit or a signal arrives. Returns a summary."""
+
+@dataclass
+class FrameResult:
+    frame: Frame
+    faces: list[Face]
+    record: dict  # the JSON Lines object (schema in README.md)
+    labels: tuple[str, ...]
+    _annotated: Optional[np.ndarray] = field(default=None, repr=False)
+
+    @property
+    def annotated(self) -> np.ndarray:
+        """The frame with boxes and score bars drawn; made once, on first use."""
+        if self._annotated is None:
+            self._annotated = annotate(self.frame.image, self.faces, self.labels)
+        return self._annotated
+
+
+class Sink(Protocol):
+    def write(self, result: FrameResult) -> None: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class Summary:
+    frames: int = 0
+    faces: int = 0
+    seconds: float = 0.0
+    stopped_by: Optional[str] = None
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+
+def run(source, label: str, rec: Recognizer, sinks: list, max_frames: int = 0, duration: float = 0,
+        stop: Optional[StopFlag] = None) -> Summary:
+    """Process frames until the source ends, a limit is hit or a stop is asked for.
+
+    Sinks are closed (and the source too) however the loop ends; a reader that closes stdout
+    stops the loop with ``stopped_by == OUTPUT_CLOSED``."""
     stop = stop or StopFlag()
-    n, t_start = 0, time.monotonic()
-    faces_total = 0
+    summary, t_start = Summary(), time.monotonic()
     it = iter(source)
     per_image = isinstance(source, ImageSource)  # unrelated images: no tracking across them
     try:
         while stop.reason is None:
-            if max_frames and n >= max_frames:
-                break
-            if duration and time.monotonic() - t_start >= duration:
+            if (max_frames and summary.frames >= max_frames) or (duration and time.monotonic() - t_start >= duration):
                 break
             t0 = time.perf_counter()
             frame = next(it, None)
@@ -32,17 +77,34 @@ def run(source, label: str, rec: Recognizer, writer, saver: Optional[AnnotatedSa
             if per_image:
                 rec.reset()
             faces = rec.process(frame.image)
-            timing = {"decode_ms": decode_ms, **rec.timings}
-            writer.write(frame_record(label, frame.index, frame.timestamp, faces, timing, frame.name))
-            if saver is not None:
-                saver.write(annotate(frame.image, faces, rec.labels), frame.index, frame.name)
-            n += 1
-            faces_total += len(faces)
+            record = frame_record(label, frame.index, frame.timestamp, faces, {"decode_ms": decode_ms, **rec.timings}, frame.name)
+            result = FrameResult(frame, faces, record, rec.labels)
+            try:
+                for sink in sinks:
+                    sink.write(result)
+            except BrokenPipeError:
+                stop.set(OUTPUT_CLOSED)
+            summary.frames += 1
+            summary.faces += len(faces)
     finally:
-        writer.close()
-        if saver is not None:
-            saver.close()
-        source.close()
-    elapsed = time.monotonic() - t_start
-    return {"frames": n, "faces": faces_total, "seconds": elapsed, "fps": n / elapsed if elapsed > 0 else 0.0,
-            "stopped_by": stop.reason}
+        summary.seconds = time.monotonic() - t_start
+        summary.stopped_by = stop.reason
+        try:
+            source.close()
+        finally:
+            _close_all(sinks)
+    return summary
+
+
+def _close_all(sinks: list) -> None:
+    """Close every sink even if one fails; the first failure is raised afterwards."""
+    first: Optional[BaseException] = None
+    for sink in sinks:
+        try:
+            sink.close()
+        except BrokenPipeError:
+            pass
+        except Exception as e:  # noqa: BLE001 - re-raised below, after the other sinks are closed
+            first = first or e
+    if first is not None:
+        raise first

@@ -3,10 +3,19 @@
 Steps per frame: detect faces (every ``detect_every`` frames; between detections the tracked
 boxes are reused), crop and normalise all faces, classify them as one batch, then match them to
 tracks and smooth their scores.
+
+Input contract of ``process``: a numpy ``uint8`` image, ``(H, W, 3)`` BGR as OpenCV reads it,
+``(H, W, 4)`` BGRA or ``(H, W)`` / ``(H, W, 1)`` gray, at least 1x1. Anything else raises
+``TypeError`` (not an array, another dtype) or ``ValueError`` (another shape, empty).
+
+Threads: a Recognizer may be shared; ``process`` calls are serialised by a lock, so threads never
+mix up each other's boxes or scores. Tracking state (track ids, ``smooth``, ``detect_every``)
+follows the order of the calls, so give each video stream its own Recognizer.
 """
 from __future__ import annotations
 
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -55,21 +64,30 @@ class Recognizer:
 
     def __post_init__(self):
         self.classifier = Classifier(self.model, threads=self.threads, spin=self.spin)
-        self.det = make_detector(self.detector, self.detector_model, self.detect_max_side)
+        self.face_detector = make_detector(self.detector, self.detector_model, self.detect_max_side)
         self.tracker = IouTracker(smooth=self.smooth)
         self.labels = self.classifier.labels
         self._n = 0
+        self._lock = threading.Lock()
 
     def reset(self) -> None:
         """Forget tracks (call between unrelated images)."""
-        self.tracker = IouTracker(smooth=self.smooth)
-        self._n = 0
+        with self._lock:
+            self.tracker = IouTracker(smooth=self.smooth)
+            self._n = 0
 
     def process(self, frame: np.ndarray) -> list[Face]:
+        """Faces in one frame (see the module docstring for what ``frame`` may be)."""
+        check_frame(frame)
+        with self._lock:
+            return self._process(frame)
+
+    def _process(self, frame: np.ndarray) -> list[Face]:
         t0 = time.perf_counter()
         gray = to_gray(frame)
         if self._n % max(1, self.detect_every) == 0:
-            boxes = self.det.detect(gray if self.det.wants_gray else frame)
+            det = self.face_detector
+            boxes = det.detect(gray if det.wants_gray else frame)
         else:
             boxes = self.tracker.live_boxes()
         self._n += 1
@@ -87,3 +105,16 @@ class Recognizer:
         self.timings = {"detect_ms": (t1 - t0) * 1e3, "preprocess_ms": (t2 - t1) * 1e3,
                         "classify_ms": (t3 - t2) * 1e3, "track_ms": (time.perf_counter() - t3) * 1e3}
         return faces
+
+
+def check_frame(frame) -> None:
+    """Raise TypeError/ValueError, naming the contract, for anything ``process`` cannot take."""
+    want = "a uint8 BGR image (H, W, 3), BGRA (H, W, 4) or gray (H, W) numpy array, as cv2.imread returns"
+    if not isinstance(frame, np.ndarray):
+        raise TypeError(f"process() takes {want}; got {type(frame).__name__}")
+    if frame.dtype != np.uint8:
+        raise TypeError(f"process() takes {want}; got dtype {frame.dtype} (convert with np.clip(x, 0, 255).astype(np.uint8))")
+    if not (frame.ndim == 2 or (frame.ndim == 3 and frame.shape[2] in (1, 3, 4))):
+        raise ValueError(f"process() takes {want}; got shape {frame.shape}")
+    if frame.size == 0:
+        raise ValueError(f"process() takes {want}; got an empty array of shape {frame.shape}")

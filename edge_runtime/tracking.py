@@ -5,15 +5,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-
-def iou(a, b) -> float:
-    ax, ay, aw, ah = a
-    bx, by, bw, bh = b
-    ix = max(0, min(ax + aw, bx + bw) - max(ax, bx))
-    iy = max(0, min(ay + ah, by + bh) - max(ay, by))
-    inter = ix * iy
-    union = aw * ah + bw * bh - inter
-    return inter / union if union > 0 else 0.0
+from .boxes import iou
 
 
 @dataclass
@@ -22,7 +14,6 @@ class Track:
     box: tuple
     scores: np.ndarray
     missed: int = 0
-    age: int = 1
 
 
 class IouTracker:
@@ -53,7 +44,7 @@ class IouTracker:
             if ti in used or bi in assigned:
                 continue
             t = self.tracks[ti]
-            t.box, t.missed, t.age = tuple(boxes[bi]), 0, t.age + 1
+            t.box, t.missed = tuple(boxes[bi]), 0
             t.scores = self.smooth * t.scores + (1 - self.smooth) * scores[bi]
             assigned[bi] = t
             used.add(ti)

@@ -188,7 +188,7 @@ def test_max_frames_and_ended_video(photos, tmp_path):
 
 
 def test_sigint_mid_video_flushes_and_closes(photos, tmp_path):
-    vid = photo_video(photos, tmp_path, n=400, drift=0)
+    vid = photo_video(photos, tmp_path, n=400)
     out = tmp_path / "partial.avi"
     p = subprocess.Popen([bin_path("emo-edge"), "infer", str(vid), "--save", str(out)], stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)

@@ -52,6 +52,12 @@ def user_error(r: subprocess.CompletedProcess, *needles: str) -> str:
     return err
 
 
+def cli(*args, timeout: float = 120) -> subprocess.CompletedProcess:
+    """``emo-edge`` with arguments passed as bytes, so names that are not UTF-8 arrive as they are."""
+    argv = [os.fsencode(a) if isinstance(a, (str, os.PathLike)) else a for a in (bin_path("emo-edge"), *args)]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, errors="replace")
+
+
 def jsonl(r) -> list[dict]:
     return [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
 
@@ -82,13 +88,13 @@ def test_non_utf8_names_in_every_source_kind(tmp_path, clip):
     shutil.copy(ASTRONAUT, d / f"{BAD}.png")
     shutil.copy(clip, d / f"{BAD}.avi")
     for src in (d / f"{BAD}.png", d, str(d / "*.png")):
-        r = run_cli("emo-edge", "infer", os.fsencode(src))
+        r = cli("infer", src)
         assert r.returncode == 0, r.stderr
         recs = jsonl(r)
         assert len(recs) == 1 and len(recs[0]["faces"]) == 1
         assert recs[0]["file"] == shown(f"{BAD}.png") == "caf\\xe9.png"
     out = tmp_path / f"out-{BAD}.avi"
-    r = run_cli("emo-edge", "infer", os.fsencode(d / f"{BAD}.avi"), "--save", os.fsencode(out))
+    r = cli("infer", d / f"{BAD}.avi", "--save", out)
     assert r.returncode == 0, r.stderr
     assert len(jsonl(r)) == 12 and "wrote 12" in r.stderr
     cap = cv2.VideoCapture(str(shutil.copy(out, tmp_path / "plain.avi")))
