@@ -83,6 +83,10 @@ class Classifier:
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         """Raw model output for a normalised batch (logits or probabilities per the metadata)."""
+        s = self.spec
+        if not (isinstance(x, np.ndarray) and x.ndim == 4 and x.shape[1:] == (s.channels, s.size, s.size)):
+            raise ValueError(f"the classifier takes a float32 batch (N, {s.channels}, {s.size}, {s.size}) made by "
+                             f"preprocess.faces_to_tensor; got {getattr(x, 'shape', type(x).__name__)}")
         if len(x) == 0:
             return np.zeros((0, len(self.labels)), np.float32)
         return self.session.run(None, {self.input_name: np.ascontiguousarray(x, np.float32)})[0]
@@ -98,4 +102,6 @@ class Classifier:
 
     def predict_crops(self, crops: np.ndarray) -> np.ndarray:
         """Probabilities for uint8 gray crops ``(N, S, S)`` already at the model's size."""
+        if not (isinstance(crops, np.ndarray) and crops.dtype == np.uint8):
+            raise TypeError(f"predict_crops takes uint8 gray crops (N, {self.spec.size}, {self.spec.size})")
         return self.predict(normalize(crops, self.spec))

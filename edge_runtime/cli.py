@@ -127,13 +127,15 @@ def evaluate(
 
     from .classifier import Classifier
     from .dataset import load_split
-    from .files import atomic_write_text, is_dir, shown
+    from .files import atomic_write_text, is_dir, same_file, shown
     from .metrics import classification_report, format_report
 
     if split not in SPLITS:
         raise EmoError(f"--split must be one of {', '.join(SPLITS)}, not '{split}'")
     if json_out is not None and not is_dir(json_out.parent or "."):
         raise EmoError(f"--json {shown(json_out)}: the folder {shown(json_out.parent)} does not exist; create it first")
+    if json_out is not None and (same_file(json_out, model) or same_file(json_out, data)):
+        raise EmoError(f"--json {shown(json_out)} is an input of this run; it would be overwritten. Write elsewhere")
     clf = Classifier(model, threads=_usable_threads(threads))
     sp = load_split(data, split, clf.spec.size, skip_blank=False)
     for line in sp.report.lines():

@@ -133,7 +133,7 @@ def read_image(path: PathLike, flags: int = cv2.IMREAD_COLOR) -> np.ndarray:
 @contextlib.contextmanager
 def opencv_name(path: PathLike) -> Iterator[str]:
     """A name OpenCV can open for ``path``: the path itself, or a symlink with a plain name."""
-    if opencv_safe(path):
+    if opencv_safe(os.path.abspath(path)):
         yield os.fsdecode(path)
         return
     d = tempfile.mkdtemp(prefix="emo-")
@@ -141,6 +141,21 @@ def opencv_name(path: PathLike) -> Iterator[str]:
     try:
         os.symlink(os.path.abspath(path), link)
         yield link
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def opencv_dir(folder: PathLike) -> Iterator[Path]:
+    """A folder path OpenCV can take for ``folder`` (to write files with plain names into it):
+    the folder itself, or a symlink to it with a plain name."""
+    if opencv_safe(os.path.abspath(folder)):
+        yield Path(folder)
+        return
+    d = tempfile.mkdtemp(prefix="emo-")
+    try:
+        os.symlink(os.path.abspath(folder), os.path.join(d, "out"))
+        yield Path(d) / "out"
     finally:
         shutil.rmtree(d, ignore_errors=True)
 

@@ -9,6 +9,8 @@ from typing import IO
 import cv2
 import numpy as np
 
+from .errors import EmoError
+
 
 def frame_record(source: str, frame_index: int, timestamp: float, faces: list, timing: dict, name: str = "") -> dict:
     """One JSON Lines object (schema documented in README.md)."""
@@ -25,8 +27,13 @@ class JsonLinesWriter:
         self.stream = stream
 
     def write(self, result) -> None:
-        self.stream.write(json.dumps(result.record, separators=(",", ":")) + "\n")
-        self.stream.flush()
+        try:
+            self.stream.write(json.dumps(result.record, separators=(",", ":")) + "\n")
+            self.stream.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as e:  # stdout redirected to a full disk, say
+            raise EmoError(f"cannot write the JSON Lines output: {e.strerror or e}") from None
 
     def close(self) -> None:
         self.stream.flush()

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from .errors import EmoError
-from .files import IMAGE_EXTS, VIDEO_EXTS, atomic_write_bytes, check_writable_dir, exists, same_file, shown
+from .files import IMAGE_EXTS, VIDEO_EXTS, atomic_write_bytes, check_writable_dir, exists, opencv_dir, same_file, shown
 
 VIDEO_CODECS = {".avi": "MJPG", ".mp4": "mp4v", ".mkv": "MJPG"}  # containers OpenCV's FFmpeg writes everywhere
 
@@ -52,8 +52,12 @@ class AnnotatedSaver:
         self._names: set[str] = set()
         self._writer: Optional[cv2.VideoWriter] = None
         self._tmp: Optional[Path] = None
+        self._resources = contextlib.ExitStack()
         if self.mode == "video":
-            self._probe_video()
+            with self._resources.pop_all() as stack:  # kept only if the probe passes
+                self.cv_folder = stack.enter_context(opencv_dir(self.folder))  # a name OpenCV can write through
+                self._probe_video()
+                self._resources = stack.pop_all()
 
     def _refuse_inputs(self, inputs: Sequence[os.PathLike]) -> None:
         for src in inputs:
@@ -66,7 +70,7 @@ class AnnotatedSaver:
     def _probe_video(self) -> None:
         """Write and read back a two-frame clip here, so a container or codec that does not work
         fails now, not after the first frame."""
-        tmp = self.folder / f".emo-probe-{os.getpid()}{self.path.suffix.lower()}"
+        tmp = self.cv_folder / f".emo-probe-{os.getpid()}{self.path.suffix.lower()}"
         try:
             vw = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*VIDEO_CODECS[self.path.suffix.lower()]), 10, (64, 64))
             for _ in range(2):
@@ -111,7 +115,7 @@ class AnnotatedSaver:
 
     def _write_video_frame(self, image: np.ndarray) -> None:
         if self._writer is None:
-            self._tmp = self.folder / f".emo-tmp-{os.getpid()}{self.path.suffix.lower()}"
+            self._tmp = self.cv_folder / f".emo-tmp-{os.getpid()}{self.path.suffix.lower()}"
             self.size = (image.shape[1], image.shape[0])
             fourcc = cv2.VideoWriter_fourcc(*VIDEO_CODECS[self.path.suffix.lower()])
             self._writer = cv2.VideoWriter(str(self._tmp), fourcc, self.fps, self.size)
@@ -123,8 +127,13 @@ class AnnotatedSaver:
 
     def close(self) -> None:
         """Finish the video: close it, read it back, and only then give it its name."""
-        if self._writer is None:
-            return
+        try:
+            if self._writer is not None:
+                self._finish_video()
+        finally:
+            self._resources.close()
+
+    def _finish_video(self) -> None:
         self._writer.release()
         self._writer, tmp = None, self._tmp
         try:

@@ -516,3 +516,35 @@ def test_broken_pipe_stops_cleanly_with_a_summary(tmp_path, clip):
     assert "output closed" in r.stderr and "wrote" in r.stderr
     cap = cv2.VideoCapture(str(out))
     assert cap.read()[0]
+
+
+# --- more of each class, found while fixing the above -------------------------------------------------------
+
+def test_save_video_into_a_folder_whose_name_is_not_utf8(tmp_path, clip):
+    d = tmp_path / f"out-{BAD}"
+    r = cli("infer", clip, "--save", d / "a.avi")
+    assert r.returncode == 0 and "wrote 12" in r.stderr, r.stderr
+    assert [p.name for p in d.iterdir()] == ["a.avi"]  # no temporary or probe file left
+
+
+def test_evaluate_json_never_overwrites_an_input(tmp_path):
+    model = shutil.copy(DEFAULT_MODEL, tmp_path / "m.onnx")
+    before = digest(Path(model))
+    user_error(run_cli("emo-edge", "evaluate", model, ASTRONAUT.parent, "--json", model), "--json")
+    assert digest(Path(model)) == before
+
+
+def test_stdout_on_a_full_disk_is_one_line(tmp_path, clip):
+    with open(tmp_path / "out.jsonl", "w") as out:
+        r = subprocess.run([bin_path("emo-edge"), "infer", str(clip), "--format", "json"], stdout=out, stderr=subprocess.PIPE,
+                           text=True, timeout=120, preexec_fn=_fsize_limit(3000))
+    user_error(r, "JSON Lines")
+
+
+def test_classifier_checks_its_batch():
+    clf = Classifier()
+    with pytest.raises(ValueError, match="batch"):
+        clf.predict(np.zeros((2, 48, 48), np.float32))
+    with pytest.raises(TypeError, match="uint8"):
+        clf.predict_crops(np.zeros((2, 48, 48), np.float32))
+    assert clf.predict(np.zeros((0, 1, 48, 48), np.float32)).shape == (0, 7)
