@@ -15,11 +15,11 @@ def classification_report(y_true: np.ndarray, y_pred: np.ndarray, labels: tuple[
     cm = np.bincount(y_true * k + y_pred, minlength=k * k).reshape(k, k)
     per_class = {}
     for i, name in enumerate(labels):
-        tp = int(cm[i, i])
-        p = tp / cm[:, i].sum() if cm[:, i].sum() else 0.0
-        r = tp / cm[i, :].sum() if cm[i, :].sum() else 0.0
+        tp, predicted, actual = int(cm[i, i]), int(cm[:, i].sum()), int(cm[i, :].sum())
+        p = tp / predicted if predicted else 0.0  # plain floats: the report goes into JSON and checkpoints
+        r = tp / actual if actual else 0.0
         f1 = 2 * p * r / (p + r) if p + r else 0.0
-        per_class[name] = {"precision": round(p, 4), "recall": round(r, 4), "f1": round(f1, 4), "support": int(cm[i, :].sum())}
+        per_class[name] = {"precision": round(p, 4), "recall": round(r, 4), "f1": round(f1, 4), "support": actual}
     n = int(cm.sum())
     return {
         "n": n,

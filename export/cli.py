@@ -9,8 +9,13 @@ import typer
 
 from emo.edge_runtime.errors import EmoError
 
+from .options import ExportOptions, Gates
+
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
                   help="Export an emo checkpoint to fp32 and int8 ONNX, verified on real faces.")
+
+
+D, G = ExportOptions, Gates  # the defaults live in options.py; the help shows them
 
 
 @app.command()
@@ -18,22 +23,22 @@ def export(
     checkpoint: Path = typer.Argument(..., help="model.pt written by emo-train."),
     out_dir: Optional[Path] = typer.Option(None, help="Output folder (default: the checkpoint's folder)."),
     name: Optional[str] = typer.Option(None, help="Base file name (default: the checkpoint's stem, e.g. model)."),
-    calib_data: Optional[str] = typer.Option(None, help="Real faces for calibration: FER2013 folder or CSV (default: the checkpoint's training data)."),
-    calib_size: int = typer.Option(500, min=1, help="Number of calibration faces."),
-    calib_method: str = typer.Option("minmax", help="minmax, entropy, percentile, or auto (keeps the most accurate)."),
-    per_channel: bool = typer.Option(True, "--per-channel/--per-tensor", help="Per-channel int8 weights."),
-    val_data: Optional[str] = typer.Option(None, help="Labelled faces for verification (default: the calibration data's val split)."),
-    val_size: int = typer.Option(0, min=0, help="Verify on N validation faces (0: all)."),
-    opset: int = typer.Option(17, min=13, help="ONNX opset (13+ for per-channel QDQ)."),
-    max_abs_diff: float = typer.Option(1e-4, help="Gate: max |logit difference| of fp32 ONNX vs PyTorch."),
-    min_agreement: float = typer.Option(0.98, help="Gate: minimum int8-vs-fp32 top-1 agreement (0-1)."),
-    max_acc_drop: float = typer.Option(0.01, help="Gate: maximum int8 accuracy drop vs fp32 (0.01 = 1 point)."),
-    ort_format: bool = typer.Option(False, "--ort-format", help="Also write .ort files for minimal onnxruntime builds."),
-    seed: int = typer.Option(0, help="Seed for sampling calibration and validation faces."),
+    calib_data: Optional[str] = typer.Option(None, help="Real faces for calibration (their train split): FER2013 folder or CSV (default: the checkpoint's training data)."),
+    calib_size: int = typer.Option(D.calib_size, min=1, help="Number of calibration faces."),
+    calib_method: str = typer.Option(D.calib_method, help="minmax, entropy, percentile, or auto (tries each, keeps the most accurate int8)."),
+    per_channel: bool = typer.Option(D.per_channel, "--per-channel/--per-tensor", help="Per-channel int8 weights."),
+    val_data: Optional[str] = typer.Option(None, help="Labelled faces for verification, never the calibration faces (default: the calibration data's val split)."),
+    val_size: int = typer.Option(D.val_size, min=0, help="Verify on N validation faces (0: all)."),
+    opset: int = typer.Option(D.opset, min=13, help="ONNX opset (13+ for per-channel QDQ)."),
+    max_abs_diff: float = typer.Option(G.max_abs_diff, help="Gate: max |logit difference| of fp32 ONNX vs PyTorch."),
+    min_agreement: float = typer.Option(G.min_agreement, help="Gate: minimum int8-vs-fp32 top-1 agreement (0-1)."),
+    max_acc_drop: float = typer.Option(G.max_acc_drop, help="Gate: maximum int8 accuracy drop vs fp32 (0.01 = 1 point)."),
+    ort_format: bool = typer.Option(D.ort_format, "--ort-format", help="Also write .ort files for minimal onnxruntime builds."),
+    seed: int = typer.Option(D.seed, help="Seed for sampling calibration and validation faces."),
     crop_margin: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="Crop margin per side the runtime adds to face boxes (default: the checkpoint's)."),
 ) -> None:
     """Write NAME.onnx, NAME.int8.onnx and export-report.json; exit 1 if a verification gate fails."""
-    from .exporter import ExportOptions, Gates, export as do_export, format_report
+    from .exporter import export as do_export, format_report
 
     opts = ExportOptions(out_dir=out_dir, name=name, calib_data=calib_data, calib_size=calib_size, calib_method=calib_method,
                          per_channel=per_channel, val_data=val_data, val_size=val_size, opset=opset, ort_format=ort_format,

@@ -1,21 +1,22 @@
 """emo-export: checkpoint -> fp32 ONNX + static int8 (QDQ) ONNX, verified before it is called done.
 
-Steps, each a function: load the checkpoint; export fp32 with a dynamic batch axis (BN folded
-into the convs, constants folded, ORT basic optimisations applied); stamp the metadata contract;
-calibrate on real faces and quantise (QDQ, per-channel weights); verify on labelled real faces
-(fp32 vs PyTorch max |diff|, int8 vs fp32 top-1 agreement and accuracy drop); and only then move
-the files into place. A failed gate keeps the failed file as ``*.FAILED.onnx`` and never
-overwrites a good earlier export.
+Three steps, each a function, after :func:`prepare` has checked the request and loaded the faces:
+:func:`build` exports fp32 with a dynamic batch axis (BN folded into the convs, constants
+folded, ORT basic optimisations applied) and quantises it to int8 (QDQ, per-channel weights,
+calibrated on real training faces); :func:`verify` runs PyTorch, fp32 and int8 on labelled
+validation faces (never the calibration faces) and checks the gates (fp32 vs PyTorch max |diff|,
+int8 vs fp32 top-1 agreement and accuracy drop); :func:`publish` stamps the metadata contract,
+loads each file as the edge runtime will, and only when every gate passed moves the files into
+place. A failed gate keeps the files as ``*.FAILED.onnx`` and never overwrites a good export.
 """
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -27,39 +28,18 @@ from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, Q
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from emo.edge_runtime import __version__
-from emo.edge_runtime.classifier import session_options
-from emo.edge_runtime.dataset import Split, has_split, load_split
+from emo.edge_runtime.classifier import Classifier, load_session, session_options
+from emo.edge_runtime.dataset import Split, load_split, locate_split, split_key
 from emo.edge_runtime.errors import EmoError
-from emo.edge_runtime.metadata import ModelMetadata, from_props, to_props
+from emo.edge_runtime.files import atomic_write_text
+from emo.edge_runtime.metadata import ModelMetadata, to_props
 from emo.edge_runtime.preprocess import InputSpec, normalize
 from emo.train.checkpoint import file_sha256, load_checkpoint, model_from_checkpoint
 
+from .options import CALIB_METHODS, ExportOptions, Gates
+
 METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}
-DEFAULT_OPSET = 17  # onnxruntime >= 1.14 (any current Raspberry Pi wheel) runs opset 17
-
-
-@dataclass
-class Gates:
-    max_abs_diff: float = 1e-4  # fp32 ONNX vs PyTorch logits
-    min_agreement: float = 0.98  # int8 vs fp32 top-1 agreement
-    max_acc_drop: float = 0.01  # int8 accuracy drop vs fp32 (fraction: 0.01 = 1 point)
-
-
-@dataclass
-class ExportOptions:
-    out_dir: Optional[Path] = None
-    name: Optional[str] = None
-    calib_data: Optional[str] = None
-    calib_size: int = 500
-    calib_method: str = "minmax"  # minmax | entropy | percentile | auto
-    per_channel: bool = True
-    val_data: Optional[str] = None
-    val_size: int = 0  # 0: the whole validation split
-    opset: int = DEFAULT_OPSET
-    ort_format: bool = False
-    seed: int = 0
-    crop_margin: Optional[float] = None  # override the checkpoint's crop margin for the runtime
-    gates: Gates = field(default_factory=Gates)
+assert tuple(METHODS) == CALIB_METHODS
 
 
 class CalibReader(CalibrationDataReader):
@@ -80,14 +60,128 @@ class CalibReader(CalibrationDataReader):
         self.i = 0
 
 
-def _sample(split: Split, n: int, seed: int) -> Split:
-    if not n or n >= len(split.labels):
-        return split
-    rng = np.random.default_rng(seed)
-    idx = np.sort(rng.choice(len(split.labels), n, replace=False))
-    return Split(split.images[idx], split.labels[idx], split.report)
+@dataclass
+class ExportJob:
+    """A checked export request: the checkpoint and its model, the faces, where the files go."""
+
+    checkpoint: Path
+    ck: dict
+    model: torch.nn.Module
+    spec: InputSpec
+    out_dir: Path
+    name: str
+    calib: Split  # calibration faces: from a train split
+    val: Split  # verification faces: labelled, never the calibration faces
+    opts: ExportOptions
+
+    def files(self, failed: bool = False) -> dict[str, Path]:
+        tag = ".FAILED" if failed else ""
+        return {"fp32": self.out_dir / f"{self.name}{tag}.onnx", "int8": self.out_dir / f"{self.name}.int8{tag}.onnx"}
+
+    @property
+    def report_path(self) -> Path:
+        return self.out_dir / (f"{self.name}.export-report.json" if self.opts.name else "export-report.json")
 
 
+def export(checkpoint: str | os.PathLike, opts: ExportOptions, log: Callable[[str], None] = print) -> dict:
+    """Build, verify and publish; returns the report, also written beside the files.
+
+    A failed gate does not raise: the report says ``passed: False``, the files are kept as
+    ``*.FAILED.onnx`` and an earlier good export is left untouched (``emo-export`` then exits 1).
+    Bad input (checkpoint, data, options, an unwritable folder) raises :class:`EmoError`.
+    """
+    job = prepare(Path(checkpoint), opts, log)
+    with tempfile.TemporaryDirectory(dir=job.out_dir, prefix=".emo-export-") as tmp:
+        fp32, int8_candidates = build(job, Path(tmp), log)
+        results = verify(job, fp32, int8_candidates, log)
+        int8 = int8_candidates[results["calibration"]["method"]]
+        return publish(job, fp32, int8, results)
+
+
+def prepare(ckpt: Path, opts: ExportOptions, log: Callable[[str], None]) -> ExportJob:
+    """Load and check the checkpoint and the options, and load the calibration and verification faces."""
+    ck = load_checkpoint(ckpt)
+    model = model_from_checkpoint(ck)
+    bad = [k for k, v in ck["state_dict"].items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise EmoError(f"{ckpt} has NaN or infinite weights ({', '.join(bad[:3])}); the training run diverged or the file is corrupt")
+    if opts.calib_method not in (*METHODS, "auto"):
+        raise EmoError(f"unknown calibration method '{opts.calib_method}'; use minmax, entropy, percentile or auto")
+    spec = InputSpec.from_dict(ck["input"])
+    if opts.crop_margin is not None:
+        spec = replace(spec, margin=opts.crop_margin)
+    out_dir = Path(opts.out_dir) if opts.out_dir else ckpt.parent
+    _writable_dir(out_dir)
+    calib_src = resolve_data(opts.calib_data, ck, "calibration", "--calib-data")
+    val_src = resolve_data(opts.val_data or opts.calib_data, ck, "verification", "--val-data")
+    calib, val = load_faces(calib_src, val_src, spec.size, opts, log)
+    return ExportJob(ckpt, ck, model, spec, out_dir, opts.name or ckpt.stem, calib, val, opts)
+
+
+def build(job: ExportJob, tmp: Path, log: Callable[[str], None]) -> tuple[Path, dict[str, Path]]:
+    """The fp32 ONNX file, and one int8 file per calibration method to try."""
+    fp32 = tmp / "fp32.onnx"
+    log(f"exporting {job.ck['arch']} to ONNX (opset {job.opts.opset}, dynamic batch)")
+    torch_to_onnx(job.model, job.spec, fp32, job.opts.opset)
+    x_cal = normalize(job.calib.images, job.spec)
+    candidates = {}
+    for m in list(METHODS) if job.opts.calib_method == "auto" else [job.opts.calib_method]:
+        log(f"quantising to int8 (QDQ, {'per-channel' if job.opts.per_channel else 'per-tensor'} weights, {m} calibration on {len(x_cal)} faces)")
+        candidates[m] = tmp / f"int8-{m}.onnx"
+        quantize(fp32, candidates[m], x_cal, m, job.opts.per_channel)
+    return fp32, candidates
+
+
+def verify(job: ExportJob, fp32: Path, int8_candidates: dict[str, Path], log: Callable[[str], None]) -> dict:
+    """Run PyTorch, fp32 and each int8 candidate on the verification faces; keep the most
+    accurate int8 (when there are several) and check the gates on it."""
+    x_val, labels = normalize(job.val.images, job.spec), job.val.labels
+    with torch.no_grad():
+        ref = torch.cat([job.model(torch.from_numpy(x_val[i : i + 512])) for i in range(0, len(x_val), 512)]).numpy()
+    out32 = run_onnx(fp32, x_val)
+    outs = {m: run_onnx(p, x_val) for m, p in int8_candidates.items()}
+    accs = {m: float((o.argmax(1) == labels).mean()) for m, o in outs.items()}
+    if len(accs) > 1:
+        log("auto calibration: int8 accuracy " + ", ".join(f"{m} {a * 100:.2f}%" for m, a in accs.items()))
+    method = max(accs, key=accs.get)
+    res = check_gates(ref, out32, outs[method], labels, job.opts.gates)
+    res["calibration"] = {"method": method, "faces": int(len(job.calib.labels)), "data": job.calib.report.source,
+                          "per_channel": job.opts.per_channel}
+    res["verification_data"] = job.val.report.source
+    lat = latency_pair({"fp32": fp32, "int8": int8_candidates[method]}, job.spec)
+    res["latency_ms_1thread"] = {**lat, "int8_over_fp32": lat["int8"] / lat["fp32"]}
+    return res
+
+
+def publish(job: ExportJob, fp32: Path, int8: Path, results: dict) -> dict:
+    """Stamp the metadata, load both files as the edge runtime does, move them into place (or
+    aside as ``*.FAILED.onnx``), and write the report."""
+    sha = file_sha256(job.checkpoint)
+    metrics = {"val_accuracy_fp32": round(results["accuracy_fp32"], 4), "val_accuracy_int8": round(results["accuracy_int8"], 4),
+               "val_n": results["n"], "val_data": results["verification_data"],
+               "train_best": (job.ck.get("metrics") or {}).get("best", {})}
+    for path, precision in ((fp32, "fp32"), (int8, "int8")):
+        stamp_metadata(path, ModelMetadata(
+            arch=job.ck["arch"], precision=precision, input=job.spec, labels=tuple(job.ck.get("labels") or ()) or ModelMetadata.labels,
+            output="logits", metrics=metrics, checkpoint_sha256=sha, emo_version=__version__,
+            extra={"arch_args": json.dumps(job.ck["arch_args"]), "opset": job.opts.opset, "calibration": results["calibration"]["method"]}))
+        Classifier(path)  # the edge runtime's own checks: metadata, input shape, dynamic batch
+    passed = all(g["passed"] for g in results["gates"].values())
+    dest = job.files(failed=not passed)
+    report = {"checkpoint": str(job.checkpoint), "checkpoint_sha256": sha, "arch": job.ck["arch"], "emo_version": __version__,
+              "files": {k: str(v) for k, v in dest.items()},
+              "bytes": {"checkpoint": job.checkpoint.stat().st_size, "fp32": fp32.stat().st_size, "int8": int8.stat().st_size},
+              **results, "onnxruntime": ort.__version__, "opset": job.opts.opset, "passed": passed}
+    os.replace(fp32, dest["fp32"])
+    os.replace(int8, dest["int8"])
+    if passed and job.opts.ort_format:
+        report["files"].update(write_ort(dest))
+    atomic_write_text(job.report_path, json.dumps(report, indent=2))
+    report["report_path"] = str(job.report_path)
+    return report
+
+
+# ---------------------------------------------------------------- the pieces
 def resolve_data(explicit: Optional[str], ck: dict, what: str, flag: str) -> str:
     if explicit:
         return explicit
@@ -99,13 +193,37 @@ def resolve_data(explicit: Optional[str], ck: dict, what: str, flag: str) -> str
     return src
 
 
-def load_real_faces(data: str, split: str, size: int, n: int, seed: int, skip_blank: bool = True) -> Split:
-    if split != "train" and not has_split(data, split):
-        split = "train"
+def load_faces(calib_src: str, val_src: str, size: int, opts: ExportOptions, log: Callable[[str], None]) -> tuple[Split, Split]:
+    """Calibration faces (``calib_src``'s train split) and verification faces (``val_src``'s val
+    split, or all of a folder of class folders), sampled; refused when they are the same faces."""
     try:
-        return _sample(load_split(data, split, size, skip_blank=skip_blank), n, seed)
+        calib_at, val_at = locate_split(calib_src, "train"), locate_split(val_src, "val")
+        if split_key(calib_src, "train") == split_key(val_src, "val"):
+            raise EmoError(f"calibration and verification would both use {calib_at}; verify on other labelled faces: "
+                           "pass --val-data (a FER2013 root with a val folder, or a folder of class folders)")
+        log(f"calibration faces: {calib_at}; verification faces: {val_at}")
+        calib = _sample(load_split(calib_src, "train", size), opts.calib_size, opts.seed)
+        val = _sample(load_split(val_src, "val", size, skip_blank=False), opts.val_size, opts.seed + 1)
     except EmoError as e:
-        raise EmoError(f"cannot use {data} for export: {e}") from None
+        raise EmoError(f"cannot use this data for export: {e}") from None
+    return calib, val
+
+
+def _sample(split: Split, n: int, seed: int) -> Split:
+    if not n or n >= len(split.labels):
+        return split
+    rng = np.random.default_rng(seed)
+    idx = np.sort(rng.choice(len(split.labels), n, replace=False))
+    return Split(split.images[idx], split.labels[idx], split.report)
+
+
+def _writable_dir(d: Path) -> None:
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise EmoError(f"cannot create output folder {d}: {e.strerror}; pass --out-dir to a writable folder") from None
+    if not os.access(d, os.W_OK):
+        raise EmoError(f"output folder {d} is not writable; pass --out-dir to a writable folder")
 
 
 def torch_to_onnx(model: torch.nn.Module, spec: InputSpec, path: Path, opset: int) -> None:
@@ -154,14 +272,15 @@ def quantize(fp32: Path, out: Path, calib: np.ndarray, method: str, per_channel:
         raise EmoError(f"int8 quantisation with {method} calibration failed ({msg}); {hint}") from None
 
 
-def run_onnx(path: Path, x: np.ndarray, threads: int = 1, batch: int = 256) -> np.ndarray:
-    s = ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
+def run_onnx(path: Path, x: np.ndarray, batch: int = 256) -> np.ndarray:
+    """Raw outputs of an ONNX file for ``x``, in batches, one thread (as the runtime makes sessions)."""
+    s = load_session(path, threads=1)
     return np.concatenate([s.run(None, {"input": x[i : i + batch]})[0] for i in range(0, len(x), batch)])
 
 
 def latency_pair(paths: dict[str, Path], spec: InputSpec, runs: int = 300) -> dict[str, float]:
     """Median single-face latency (ms), 1 thread, the models interleaved in one loop."""
-    sess = {k: ort.InferenceSession(str(p), session_options(1), providers=["CPUExecutionProvider"]) for k, p in paths.items()}
+    sess = {k: load_session(p, threads=1) for k, p in paths.items()}
     x = np.random.default_rng(0).standard_normal((1, spec.channels, spec.size, spec.size)).astype(np.float32)
     for s in sess.values():
         for _ in range(30):
@@ -192,112 +311,13 @@ def check_gates(ref_logits: np.ndarray, fp32_logits: np.ndarray, int8_logits: np
     return r
 
 
-def _writable_dir(d: Path) -> None:
-    try:
-        d.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise EmoError(f"cannot create output folder {d}: {e.strerror}; pass --out-dir to a writable folder") from None
-    if not os.access(d, os.W_OK):
-        raise EmoError(f"output folder {d} is not writable; pass --out-dir to a writable folder")
-
-
-def export(checkpoint: str | os.PathLike, opts: ExportOptions, log: Callable[[str], None] = print) -> dict:
-    """Export and verify; returns the report. Raises EmoError (after writing the report) if a gate fails."""
-    ckpt = Path(checkpoint)
-    ck = load_checkpoint(ckpt)
-    model = model_from_checkpoint(ck)
-    bad = [k for k, v in ck["state_dict"].items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad:
-        raise EmoError(f"{ckpt} has NaN or infinite weights ({', '.join(bad[:3])}); the training run diverged or the file is corrupt")
-    spec = InputSpec.from_dict(ck["input"])
-    if opts.crop_margin is not None:
-        spec = replace(spec, margin=opts.crop_margin)
-    out_dir = Path(opts.out_dir) if opts.out_dir else ckpt.parent
-    name = opts.name or ckpt.stem
-    _writable_dir(out_dir)
-    if opts.calib_method not in (*METHODS, "auto"):
-        raise EmoError(f"unknown calibration method '{opts.calib_method}'; use minmax, entropy, percentile or auto")
-    calib_src = resolve_data(opts.calib_data, ck, "calibration", "--calib-data")
-    val_src = resolve_data(opts.val_data or opts.calib_data, ck, "verification", "--val-data")
-    log(f"loading calibration faces from {calib_src} and validation faces from {val_src}")
-    calib = load_real_faces(calib_src, "train", spec.size, opts.calib_size, opts.seed)
-    val = load_real_faces(val_src, "val", spec.size, opts.val_size, opts.seed + 1, skip_blank=False)
-    x_cal, x_val = normalize(calib.images, spec), normalize(val.images, spec)
-    sha = file_sha256(ckpt)
-    train_metrics = (ck.get("metrics") or {}).get("best", {})
-
-    final = {"fp32": out_dir / f"{name}.onnx", "int8": out_dir / f"{name}.int8.onnx"}
-    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".emo-export-") as tmpd:
-        tmp = Path(tmpd)
-        fp32 = tmp / "fp32.onnx"
-        log(f"exporting {ck['arch']} to ONNX (opset {opts.opset}, dynamic batch)")
-        torch_to_onnx(model, spec, fp32, opts.opset)
-        with torch.no_grad():
-            ref = torch.cat([model(torch.from_numpy(x_val[i : i + 512])) for i in range(0, len(x_val), 512)]).numpy()
-        out32 = run_onnx(fp32, x_val)
-
-        methods = list(METHODS) if opts.calib_method == "auto" else [opts.calib_method]
-        tried = {}
-        for m in methods:
-            log(f"quantising to int8 (QDQ, {'per-channel' if opts.per_channel else 'per-tensor'} weights, {m} calibration on {len(x_cal)} faces)")
-            p = tmp / f"int8-{m}.onnx"
-            quantize(fp32, p, x_cal, m, opts.per_channel)
-            tried[m] = (p, run_onnx(p, x_val))
-        if len(tried) > 1:
-            accs = {m: float((o.argmax(1) == val.labels).mean()) for m, (p, o) in tried.items()}
-            log("auto calibration: int8 accuracy " + ", ".join(f"{m} {a * 100:.2f}%" for m, a in accs.items()))
-            method = max(accs, key=accs.get)
-        else:
-            method = methods[0]
-        int8, out8 = tried[method]
-        res = check_gates(ref, out32, out8, val.labels, opts.gates)
-        res["calibration"] = {"method": method, "faces": int(len(x_cal)), "data": str(calib_src), "per_channel": opts.per_channel}
-        metrics = {"val_accuracy_fp32": round(res["accuracy_fp32"], 4), "val_accuracy_int8": round(res["accuracy_int8"], 4),
-                   "val_n": res["n"], "val_data": str(val_src), "train_best": train_metrics}
-        base = dict(arch=ck["arch"], input=spec, labels=tuple(ck.get("labels", ())) or None, output="logits", metrics=metrics,
-                    checkpoint_sha256=sha, emo_version=__version__,
-                    extra={"arch_args": json.dumps(ck["arch_args"]), "opset": opts.opset, "calibration": method})
-        base = {k: v for k, v in base.items() if v is not None}
-        stamp_metadata(fp32, ModelMetadata(precision="fp32", **base))
-        stamp_metadata(int8, ModelMetadata(precision="int8", **base))
-        for p in (fp32, int8):  # the metadata must round-trip into the edge runtime
-            s = ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
-            from_props(dict(s.get_modelmeta().custom_metadata_map), str(p))
-        lat = latency_pair({"fp32": fp32, "int8": int8}, spec)
-        report = {
-            "checkpoint": str(ckpt), "checkpoint_sha256": sha, "arch": ck["arch"], "emo_version": __version__,
-            "files": {k: str(v) for k, v in final.items()},
-            "bytes": {"checkpoint": ckpt.stat().st_size, "fp32": fp32.stat().st_size, "int8": int8.stat().st_size},
-            **res,
-            "latency_ms_1thread": {**lat, "int8_over_fp32": lat["int8"] / lat["fp32"]},
-            "onnxruntime": ort.__version__, "opset": opts.opset,
-        }
-        passed = all(g["passed"] for g in res["gates"].values())
-        report["passed"] = passed
-        if passed:
-            os.replace(fp32, final["fp32"])
-            os.replace(int8, final["int8"])
-            if opts.ort_format:
-                report["files"].update(write_ort(final))
-        else:
-            failed = {"fp32": out_dir / f"{name}.FAILED.onnx", "int8": out_dir / f"{name}.int8.FAILED.onnx"}
-            os.replace(fp32, failed["fp32"])
-            os.replace(int8, failed["int8"])
-            report["files"] = {k: str(v) for k, v in failed.items()}
-    rp = out_dir / f"{name}.export-report.json" if opts.name else out_dir / "export-report.json"
-    tmp_report = rp.with_suffix(".json.tmp")
-    tmp_report.write_text(json.dumps(report, indent=2))
-    os.replace(tmp_report, rp)
-    report["report_path"] = str(rp)
-    return report
-
-
 def write_ort(final: dict[str, Path]) -> dict[str, str]:
-    """Also save ``.ort`` files for onnxruntime minimal builds."""
+    """Also save ``.ort`` files for onnxruntime minimal builds (basic optimisations only, so
+    they stay portable across CPUs)."""
     out = {}
     for k, p in final.items():
         dst = p.with_suffix(".ort")
-        so = ort.SessionOptions()
+        so = session_options(threads=1)
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
         so.optimized_model_filepath = str(dst)
         so.add_session_config_entry("session.save_model_format", "ORT")

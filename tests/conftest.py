@@ -1,5 +1,6 @@
 """Shared fixtures. Real-data tests find ../shared/data through EMO_SHARED_DATA (set by .ci/run)
-and skip, saying why, when it is not there."""
+and skip, saying why, when it is not there. Training and export tests run everywhere on
+``synthetic_fer``: cartoon faces drawn here, whose brows, eyes and mouth depend on the class."""
 from __future__ import annotations
 
 import os
@@ -12,12 +13,13 @@ import cv2
 import numpy as np
 import pytest
 
+from emo.edge_runtime.labels import LABELS
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = os.environ.get("EMO_SHARED_DATA", "")
 FER = Path(SHARED) / "fer2013" if SHARED else None
 PHOTOS = Path(SHARED) / "photos" if SHARED else None
 YUNET = Path(SHARED).parent / "models" / "face_detection_yunet.onnx" if SHARED else None
-LABELS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 
 SKIP_REASON = "real data not found: set EMO_SHARED_DATA to the shared data folder (../shared/data), as .ci/run does"
 
@@ -58,17 +60,79 @@ def small_fer(tmp_path_factory, fer_root) -> Path:
     return root
 
 
+def synthetic_face(label: int, rng: np.random.Generator) -> np.ndarray:
+    """A 48x48 gray cartoon face: wide eyes for fear and surprise, brows slanted per class, and a
+    mouth per class (smile, frown, open, crooked, flat); position, contrast and noise vary."""
+    img = np.full((48, 48), int(rng.integers(30, 90)), np.uint8)
+    cx, cy = 24 + int(rng.integers(-2, 3)), 25 + int(rng.integers(-2, 3))
+    skin = int(rng.integers(150, 210))
+    dark = skin - 120
+    cv2.ellipse(img, (cx, cy), (17, 21), 0, 0, 360, skin, -1)
+    tilt = {0: 4, 1: 2, 2: -3, 4: -4}.get(label, 0)
+    for sx in (-1, 1):
+        cv2.circle(img, (cx + sx * 7, cy - 5), 4 if label in (2, 5) else 2, dark, -1)
+        cv2.line(img, (cx + sx * 3, cy - 10 + tilt), (cx + sx * 11, cy - 11 - tilt // 2), dark, 2)
+    my = cy + 9
+    if label == 3:
+        cv2.ellipse(img, (cx, my - 2), (8, 5), 0, 10, 170, dark, 2)
+    elif label == 4:
+        cv2.ellipse(img, (cx, my + 4), (8, 5), 0, 190, 350, dark, 2)
+    elif label in (2, 5):
+        cv2.ellipse(img, (cx, my + 1), (6, 3) if label == 2 else (4, 6), 0, 0, 360, dark, -1)
+    elif label == 1:
+        cv2.line(img, (cx - 7, my + 2), (cx + 7, my - 3), dark, 2)
+    else:
+        cv2.line(img, (cx - 7, my), (cx + 7, my), dark, 2 if label == 0 else 1)
+    return np.clip(img + rng.normal(0, 8, img.shape), 0, 255).astype(np.uint8)
+
+
+def write_synthetic_fer(root: Path, per_split: dict, seed: int = 0) -> Path:
+    """ROOT/<split>/<emotion>/*.png of synthetic faces, ``per_split[split]`` per class."""
+    rng = np.random.default_rng(seed)
+    for split, n in per_split.items():
+        for i, c in enumerate(LABELS):
+            d = root / split / c
+            d.mkdir(parents=True)
+            for j in range(n):
+                cv2.imwrite(str(d / f"{split}_{c}_{j:03d}.png"), synthetic_face(i, rng))
+    return root
+
+
 @pytest.fixture(scope="session")
-def seed_run(tmp_path_factory, fer_root) -> Path:
-    """The seed CNN trained for a few steps on real FER2013 images, then exported."""
-    out = tmp_path_factory.mktemp("runs")
-    r = run_cli("emo-train", "fit", "--data", fer_root, "--arch", "seed", "--limit-per-class", 150, "--max-steps", 40,
-                "--set", "lr=0.001", "--set", "optimizer=\"adam\"", "--no-augment", "--out", out, "--name", "seed", "--no-progress")
+def synthetic_fer(tmp_path_factory) -> Path:
+    """A FER2013-layout tree of synthetic faces: 40 train and 20 val per class (420 in all)."""
+    return write_synthetic_fer(tmp_path_factory.mktemp("synthetic_fer"), {"train": 40, "val": 20})
+
+
+def train_and_export(data: Path, out: Path, name: str = "seed") -> Path:
+    """The seed CNN trained for 40 steps on ``data``, then exported (minmax calibration)."""
+    r = run_cli("emo-train", "fit", "--data", data, "--set", "arch=seed", "--set", "limit_per_class=150",
+                "--set", "max_steps=40", "--set", "batch_size=32", "--set", "lr=0.001", "--set", "augment=false",
+                "--out", out, "--name", name, "--no-progress")
     assert r.returncode == 0, r.stderr + r.stdout
-    run = out / "seed"
-    r = run_cli("emo-export", run / "model.pt", "--val-size", 500, "--calib-size", 200)
+    run = out / name
+    r = run_cli("emo-export", run / "model.pt", "--val-size", 500, "--calib-size", 200, "--calib-method", "minmax")
     assert r.returncode == 0, r.stderr + r.stdout
     return run
+
+
+@pytest.fixture(scope="session")
+def seed_run(tmp_path_factory, synthetic_fer) -> Path:
+    """The seed CNN trained for a few steps on the synthetic faces, then exported. Read-only:
+    a test that changes files copies the run first (see ``seed_run_copy``)."""
+    return train_and_export(synthetic_fer, tmp_path_factory.mktemp("runs"))
+
+
+@pytest.fixture
+def seed_run_copy(seed_run, tmp_path) -> Path:
+    """A private copy of ``seed_run`` for a test that writes into the run folder."""
+    return Path(shutil.copytree(seed_run, tmp_path / "seed"))
+
+
+@pytest.fixture(scope="session")
+def real_seed_run(tmp_path_factory, fer_root) -> Path:
+    """The seed CNN trained for a few steps on real FER2013 images, then exported."""
+    return train_and_export(fer_root, tmp_path_factory.mktemp("real_runs"))
 
 
 def make_video(path: Path, frames: list[np.ndarray], fps: float = 10.0) -> Path:
@@ -81,14 +145,8 @@ def make_video(path: Path, frames: list[np.ndarray], fps: float = 10.0) -> Path:
     return path
 
 
-def photo_video(photos: Path, tmp: Path, name: str = "clip.avi", n: int = 20, size=(640, 480), drift: int = 2) -> Path:
-    """A 640x480 clip made from a real photo, the face drifting a few pixels per frame."""
-    img = cv2.imread(str(photos / "obama_small.jpg"))
-    canvas_h, canvas_w = size[1], size[0]
-    frames = []
-    for i in range(n):
-        c = np.full((canvas_h, canvas_w, 3), 90, np.uint8)
-        x, y = 100 + i * drift, 100 + i * drift // 2
-        c[y : y + img.shape[0], x : x + img.shape[1]] = img
-        frames.append(c)
-    return make_video(tmp / name, frames)
+def photo_video(photos: Path, tmp: Path, name: str = "clip.avi", n: int = 20) -> Path:
+    """A 640x480, 10 fps clip of a real face drifting across the frame (the benchmarks' test video)."""
+    from emo.edge_runtime.bench import make_test_video
+
+    return make_test_video(photos / "obama_small.jpg", tmp / name, frames=n, fps=10.0)

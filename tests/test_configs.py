@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from emo.train.cli import build_config
+from emo.train.config import build_config
 from emo.train.models import build_model
 
 from conftest import REPO

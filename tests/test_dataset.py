@@ -8,7 +8,7 @@ import pytest
 from emo.edge_runtime.dataset import has_split, load_split, stratified_split
 from emo.edge_runtime.errors import EmoError
 
-from conftest import LABELS
+from emo.edge_runtime.labels import LABELS
 
 
 def _write_csv(path, fer_root, per_class=5, gz=False):

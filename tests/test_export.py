@@ -1,7 +1,7 @@
 import json
-import os
 import shutil
 
+import cv2
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -11,6 +11,7 @@ import torch
 from emo.edge_runtime.classifier import Classifier
 from emo.edge_runtime.dataset import load_split
 from emo.edge_runtime.preprocess import normalize
+from emo.export.exporter import Gates, check_gates
 from emo.train.checkpoint import load_checkpoint, model_from_checkpoint, save_atomic
 from emo.train.models import REGISTRY
 
@@ -21,7 +22,9 @@ def test_seed_export_passes_all_gates(seed_run):
     rep = json.loads((seed_run / "export-report.json").read_text())
     assert rep["passed"] and all(g["passed"] for g in rep["gates"].values())
     assert rep["max_abs_diff_fp32_vs_torch"] <= 1e-4
-    assert rep["top1_agreement_int8_vs_fp32"] >= 0.98 and rep["n"] == 500
+    assert rep["top1_agreement_int8_vs_fp32"] >= 0.98 and rep["n"] == 7 * 20  # all synthetic val faces
+    assert rep["calibration"]["faces"] == 200 and rep["calibration"]["data"].endswith("train")
+    assert rep["verification_data"].endswith("val")
     assert rep["bytes"]["int8"] < rep["bytes"]["fp32"] / 3
     assert rep["latency_ms_1thread"]["int8"] > 0
     for f in ("model.onnx", "model.int8.onnx"):
@@ -42,8 +45,9 @@ def test_metadata_round_trips_into_edge_runtime(seed_run):
     assert out.shape == (5, 7) and np.allclose(out.sum(1), 1, atol=1e-5)
 
 
-def test_fp32_onnx_matches_pytorch_and_int8_agrees(seed_run, fer_root):
+def test_fp32_onnx_matches_pytorch_and_int8_agrees(real_seed_run, fer_root):
     """The foundation's end-to-end contract on 500 real validation images."""
+    seed_run = real_seed_run
     ck = load_checkpoint(seed_run / "model.pt")
     model = model_from_checkpoint(ck)
     val = load_split(fer_root, "val")
@@ -58,15 +62,14 @@ def test_fp32_onnx_matches_pytorch_and_int8_agrees(seed_run, fer_root):
 
 
 @pytest.mark.parametrize("arch", sorted(set(REGISTRY) - {"seed"}))
-def test_export_each_registered_arch(arch, small_fer, tmp_path):
-    r = run_cli("emo-train", "fit", "--data", small_fer, "--arch", arch, "--max-steps", 12, "--batch-size", 32,
-                "--out", tmp_path, "--name", arch, "--no-progress")
+def test_export_each_registered_arch(arch, synthetic_fer, tmp_path):
+    r = run_cli("emo-train", "fit", "--data", synthetic_fer, "--set", f"arch={arch}", "--set", "max_steps=12",
+                "--set", "batch_size=32", "--out", tmp_path, "--name", arch, "--no-progress")
     assert r.returncode == 0, r.stderr
     # BN statistics from 12 steps are rough, so only the fp32 gate is held to its default here
-    r = run_cli("emo-export", tmp_path / arch / "model.pt", "--min-agreement", 0.5, "--max-acc-drop", 0.5, "--ort-format",
-                "--calib-method", "auto")
+    r = run_cli("emo-export", tmp_path / arch / "model.pt", "--min-agreement", 0.5, "--max-acc-drop", 0.5, "--ort-format")
     assert r.returncode == 0, r.stderr + r.stdout
-    assert "auto calibration" in r.stderr
+    assert "auto calibration" in r.stderr  # the default method tries each
     rep = json.loads((tmp_path / arch / "export-report.json").read_text())
     assert rep["gates"]["fp32_matches_torch"]["passed"]
     assert not any(n.op_type == "BatchNormalization" for n in onnx.load(str(tmp_path / arch / "model.onnx")).graph.node)
@@ -74,28 +77,60 @@ def test_export_each_registered_arch(arch, small_fer, tmp_path):
     assert Classifier(tmp_path / arch / "model.int8.onnx").meta.arch == arch
 
 
-def test_failed_gate_keeps_good_export(seed_run, tmp_path, fer_root):
+def test_failed_gate_keeps_good_export(seed_run_copy, synthetic_fer, tmp_path):
     """Calibrating on (nearly) blank images breaks int8; the earlier good export must survive."""
-    good = seed_run / "model.int8.onnx"
+    run = seed_run_copy
+    good = run / "model.int8.onnx"
     before = good.read_bytes()
     blank = tmp_path / "blank" / "train" / "neutral"
     blank.mkdir(parents=True)
-    import cv2
-
     rng = np.random.default_rng(0)
     for i in range(60):  # nearly blank: grey with one-level noise (fully constant ones are skipped)
         cv2.imwrite(str(blank / f"b{i}.png"), (128 + rng.integers(0, 2, (48, 48))).astype(np.uint8))
-    r = run_cli("emo-export", seed_run / "model.pt", "--calib-data", tmp_path / "blank", "--val-data", fer_root, "--val-size", 300)
+    r = run_cli("emo-export", run / "model.pt", "--calib-data", tmp_path / "blank", "--val-data", synthetic_fer,
+                "--calib-method", "minmax")
     assert r.returncode == 1, r.stdout + r.stderr
     assert "verification failed" in r.stderr and "Traceback" not in r.stderr
     assert "FAIL" in r.stdout
     assert good.read_bytes() == before
-    assert (seed_run / "model.int8.FAILED.onnx").is_file()
-    rep = json.loads((seed_run / "export-report.json").read_text())
+    assert (run / "model.int8.FAILED.onnx").is_file()
+    rep = json.loads((run / "export-report.json").read_text())
     assert not rep["passed"]
-    # restore the passing report for other tests
-    r = run_cli("emo-export", seed_run / "model.pt", "--val-size", 500, "--calib-size", 200)
-    assert r.returncode == 0
+
+
+def test_calibration_faces_are_never_the_verification_faces(seed_run, synthetic_fer, tmp_path):
+    flat = synthetic_fer / "val"  # a folder of class folders: no splits, all of it answers both
+    r = run_cli("emo-export", seed_run / "model.pt", "--calib-data", flat, "--out-dir", tmp_path)
+    assert r.returncode == 2 and "would both use" in r.stderr and "--val-data" in r.stderr and "Traceback" not in r.stderr
+    r = run_cli("emo-export", seed_run / "model.pt", "--calib-data", synthetic_fer, "--val-data", synthetic_fer / "train",
+                "--out-dir", tmp_path)
+    assert r.returncode == 2 and "would both use" in r.stderr  # the same folder, named two ways
+    only_train = tmp_path / "only_train"
+    shutil.copytree(synthetic_fer / "train", only_train / "train")
+    r = run_cli("emo-export", seed_run / "model.pt", "--calib-data", only_train, "--out-dir", tmp_path)
+    assert r.returncode == 2 and "no 'val' folder" in r.stderr  # no silent fallback to the train faces
+    r = run_cli("emo-export", seed_run / "model.pt", "--calib-data", only_train, "--val-data", flat, "--out-dir", tmp_path,
+                "--calib-method", "minmax")
+    assert r.returncode == 0, r.stderr
+    assert f"verification faces: {flat} (a folder of class folders" in r.stderr
+
+
+def test_gate_checks():
+    labels = np.array([0, 1, 2, 3])
+    ref = np.eye(7)[labels] * 5.0
+    r = check_gates(ref, ref + 1e-6, ref, labels, Gates())
+    assert r["n"] == 4 and r["accuracy_torch"] == r["accuracy_fp32"] == r["accuracy_int8"] == 1.0
+    assert all(g["passed"] for g in r["gates"].values()) and r["max_abs_diff_fp32_vs_torch"] == pytest.approx(1e-6)
+    wrong = ref.copy()
+    wrong[0] = np.eye(7)[6] * 5.0  # int8 gets one of four wrong
+    r = check_gates(ref, ref, wrong, labels, Gates())
+    assert r["top1_agreement_int8_vs_fp32"] == 0.75 and r["accuracy_drop_int8"] == 0.25
+    assert not r["gates"]["int8_agrees_with_fp32"]["passed"] and not r["gates"]["int8_accuracy_drop"]["passed"]
+    assert r["gates"]["fp32_matches_torch"]["passed"]
+    r = check_gates(ref, ref + np.nan, ref, labels, Gates())
+    assert not r["gates"]["fp32_matches_torch"]["passed"]  # NaN never passes
+    r = check_gates(ref, ref, wrong, labels, Gates(min_agreement=0.75, max_acc_drop=0.25))
+    assert all(g["passed"] for g in r["gates"].values())  # thresholds are inclusive
 
 
 def test_fp32_gate_fails_on_corrupted_onnx_weights(seed_run, tmp_path, monkeypatch):
@@ -117,7 +152,7 @@ def test_fp32_gate_fails_on_corrupted_onnx_weights(seed_run, tmp_path, monkeypat
 
     monkeypatch.setattr(ex, "torch_to_onnx", corrupting)
     shutil.copy(seed_run / "model.pt", tmp_path / "m.pt")
-    rep = ex.export(tmp_path / "m.pt", ex.ExportOptions(val_size=200, calib_size=100), log=lambda s: None)
+    rep = ex.export(tmp_path / "m.pt", ex.ExportOptions(val_size=200, calib_size=100, calib_method="minmax"), log=lambda s: None)
     assert not rep["passed"] and not rep["gates"]["fp32_matches_torch"]["passed"]
     assert not (tmp_path / "m.onnx").exists() and (tmp_path / "m.FAILED.onnx").exists()
 
@@ -131,7 +166,7 @@ def test_nan_weights_are_refused(seed_run, tmp_path):
 
 
 def test_tight_threshold_flag_fails_the_gate(seed_run, tmp_path):
-    r = run_cli("emo-export", seed_run / "model.pt", "--out-dir", tmp_path, "--val-size", 200, "--calib-size", 100,
+    r = run_cli("emo-export", seed_run / "model.pt", "--out-dir", tmp_path, "--calib-size", 100, "--calib-method", "minmax",
                 "--min-agreement", 1.01)
     assert r.returncode == 1 and "int8_agrees_with_fp32" in r.stderr
 

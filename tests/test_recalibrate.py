@@ -37,11 +37,11 @@ def test_model_without_batchnorm_is_refused():
         recalibrate_bn(build_model("seed"), torch.zeros(4, 1, 48, 48))
 
 
-def test_recalibrate_cli_writes_a_new_checkpoint(small_fer, seed_run, tmp_path):
-    r = run_cli("emo-train", "fit", "--data", small_fer, "--arch", "emonet-s", "--max-steps", "6", "--batch-size", "32",
+def test_recalibrate_cli_writes_a_new_checkpoint(synthetic_fer, seed_run, tmp_path):
+    r = run_cli("emo-train", "fit", "--data", synthetic_fer, "--set", "arch=emonet-s", "--set", "max_steps=6", "--set", "batch_size=32",
                 "--out", tmp_path, "--name", "s", "--no-progress")
     assert r.returncode == 0, r.stderr
-    r = run_cli("emo-train", "recalibrate", tmp_path / "s" / "model.pt", "--data", small_fer, "--out", tmp_path, "--no-progress")
+    r = run_cli("emo-train", "recalibrate", tmp_path / "s" / "model.pt", "--data", synthetic_fer, "--out", tmp_path, "--no-progress")
     assert r.returncode == 0, r.stderr
     assert "val accuracy with the trained statistics" in r.stdout and "with recalibrated statistics" in r.stdout
     src, new = load_checkpoint(tmp_path / "s" / "model.pt"), load_checkpoint(tmp_path / "s-bn" / "model.pt")
@@ -53,20 +53,20 @@ def test_recalibrate_cli_writes_a_new_checkpoint(small_fer, seed_run, tmp_path):
     m = json.loads((tmp_path / "s-bn" / "metrics.json").read_text())
     assert m["val_report"]["n"] == src["data"]["val_report"]["count"] and (tmp_path / "s-bn" / "confusion.png").is_file()
     # user errors: one line, no traceback
-    r = run_cli("emo-train", "recalibrate", tmp_path / "s" / "model.pt", "--data", small_fer, "--out", tmp_path, "--name", "s")
+    r = run_cli("emo-train", "recalibrate", tmp_path / "s" / "model.pt", "--data", synthetic_fer, "--out", tmp_path, "--name", "s")
     assert r.returncode == 2 and "input checkpoint" in r.stderr and "Traceback" not in r.stderr
-    r = run_cli("emo-train", "recalibrate", seed_run / "model.pt", "--data", small_fer, "--out", tmp_path)
+    r = run_cli("emo-train", "recalibrate", seed_run / "model.pt", "--data", synthetic_fer, "--out", tmp_path)
     assert r.returncode == 2 and "no BatchNorm" in r.stderr and "Traceback" not in r.stderr
-    r = run_cli("emo-train", "recalibrate", tmp_path / "nope.pt", "--data", small_fer)
+    r = run_cli("emo-train", "recalibrate", tmp_path / "nope.pt", "--data", synthetic_fer)
     assert r.returncode == 2 and "does not exist" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_fit_can_validate_and_save_recalibrated_statistics(small_fer, tmp_path):
+def test_fit_can_validate_and_save_recalibrated_statistics(synthetic_fer, tmp_path):
     from emo.edge_runtime.preprocess import InputSpec, normalize
     from emo.train.checkpoint import model_from_checkpoint
-    from emo.train.data import load_split
+    from emo.edge_runtime.dataset import load_split
 
-    r = run_cli("emo-train", "fit", "--data", small_fer, "--arch", "emonet-s", "--max-steps", "8", "--batch-size", "32",
+    r = run_cli("emo-train", "fit", "--data", synthetic_fer, "--set", "arch=emonet-s", "--set", "max_steps=8", "--set", "batch_size=32",
                 "--set", "bn_recalibrate=true", "--out", tmp_path, "--name", "r", "--no-progress")
     assert r.returncode == 0, r.stderr
     best, last = load_checkpoint(tmp_path / "r" / "model.pt"), load_checkpoint(tmp_path / "r" / "last.pt")
@@ -74,10 +74,10 @@ def test_fit_can_validate_and_save_recalibrated_statistics(small_fer, tmp_path):
     # model.pt = the trained weights with statistics recalibrated on the plain training faces
     want = model_from_checkpoint(last)
     spec = InputSpec.from_dict(last["input"])
-    recalibrate_bn(want, torch.from_numpy(normalize(load_split(small_fer, "train", 48).images, spec)), seed=0)
+    recalibrate_bn(want, torch.from_numpy(normalize(load_split(synthetic_fer, "train", 48).images, spec)), seed=0)
     for k, v in want.state_dict().items():
         assert torch.allclose(v.float(), best["state_dict"][k].float(), rtol=1e-4, atol=1e-5), k
     assert not torch.equal(last["state_dict"]["features.0.1.running_mean"], best["state_dict"]["features.0.1.running_mean"])
-    r = run_cli("emo-train", "fit", "--data", small_fer, "--arch", "seed", "--max-steps", "1", "--set", "bn_recalibrate=true",
+    r = run_cli("emo-train", "fit", "--data", synthetic_fer, "--set", "arch=seed", "--set", "max_steps=1", "--set", "bn_recalibrate=true",
                 "--out", tmp_path, "--name", "s", "--no-progress")
     assert r.returncode == 2 and "no BatchNorm" in r.stderr and "Traceback" not in r.stderr

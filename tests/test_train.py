@@ -1,4 +1,5 @@
 import json
+import math
 import os
 import signal
 import subprocess
@@ -10,7 +11,11 @@ import torch
 from emo.edge_runtime.errors import EmoError
 from emo.train.checkpoint import load_checkpoint, model_from_checkpoint
 from emo.train.models import REGISTRY, build_model, count_macs, count_params
-from emo.train.trainer import teacher_probs
+from emo.train.augment import augment, mixup, step_generator
+from emo.train.config import TrainConfig
+from emo.train.distill import teacher_probs
+from emo.train.optim import lr_factor
+from emo.train.trainer import RunState
 
 from conftest import bin_path, run_cli
 
@@ -49,8 +54,8 @@ def _same_weights(a, b, atol=0.0):
     return all(torch.allclose(sa[k].float(), sb[k].float(), atol=atol, rtol=0) for k in sa)
 
 
-def test_fit_writes_a_complete_run(small_fer, tmp_path):
-    r = _fit(small_fer, tmp_path, "r", "--arch", "emonet-s", "--epochs", "2", "--batch-size", "32", "--tta")
+def test_fit_writes_a_complete_run(synthetic_fer, tmp_path):
+    r = _fit(synthetic_fer, tmp_path, "r", "--set", "arch=emonet-s", "--set", "epochs=2", "--set", "batch_size=32", "--set", "tta=true")
     assert r.returncode == 0, r.stderr
     run = tmp_path / "r"
     for f in ("model.pt", "last.pt", "metrics.json", "log.csv", "curves.png", "confusion.png", "config.json"):
@@ -64,13 +69,13 @@ def test_fit_writes_a_complete_run(small_fer, tmp_path):
     model_from_checkpoint(ck)
 
 
-def test_sigint_saves_and_resume_matches_uninterrupted_run(small_fer, tmp_path):
+def test_sigint_saves_and_resume_matches_uninterrupted_run(synthetic_fer, tmp_path):
     # ema on: the weight average is part of the state that must survive the interruption
-    args = ["--arch", "seed", "--epochs", "6", "--batch-size", "16", "--seed", "3", "--set", "optimizer=\"adam\"", "--set", "lr=0.0005",
-            "--set", "ema=0.9"]
-    full = _fit(small_fer, tmp_path, "full", *args)
+    args = ["--set", "arch=seed", "--set", "epochs=6", "--set", "batch_size=16", "--set", "seed=3", "--set", "optimizer=adam",
+            "--set", "lr=0.0005", "--set", "ema=0.9"]
+    full = _fit(synthetic_fer, tmp_path, "full", *args)
     assert full.returncode == 0, full.stderr
-    p = subprocess.Popen([bin_path("emo-train"), "fit", "--data", str(small_fer), "--out", str(tmp_path), "--name", "cut",
+    p = subprocess.Popen([bin_path("emo-train"), "fit", "--data", str(synthetic_fer), "--out", str(tmp_path), "--name", "cut",
                           "--no-progress", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for line in p.stdout:
         if line.startswith("epoch 1/"):
@@ -93,15 +98,15 @@ def test_sigint_saves_and_resume_matches_uninterrupted_run(small_fer, tmp_path):
     assert _same_weights(tmp_path / "full" / "model.pt", tmp_path / "cut" / "model.pt")
 
 
-def test_finetune_with_distillation_ema_and_cpu_bf16(seed_run, small_fer, tmp_path):
+def test_finetune_with_distillation_ema_and_cpu_bf16(seed_run, synthetic_fer, tmp_path):
     teacher = str(seed_run / "model.pt")
-    base = ["--arch", "seed", "--max-steps", "4", "--batch-size", "32", "--set", f"init_from={json.dumps(teacher)}",
+    base = ["--set", "arch=seed", "--set", "max_steps=4", "--set", "batch_size=32", "--set", f"init_from={json.dumps(teacher)}",
             "--set", f"teachers=[{json.dumps(teacher)}]", "--set", "kd_alpha=0.7", "--set", "kd_flip=true", "--set", "ema=0.5", "--set", "cpu_amp=true"]
-    r = _fit(small_fer, tmp_path, "frozen", *base, "--set", "lr=0")
+    r = _fit(synthetic_fer, tmp_path, "frozen", *base, "--set", "lr=0")
     assert r.returncode == 0, r.stderr
     assert "distilling from 1 teacher(s)" in r.stdout and "starting from the weights of" in r.stdout
     assert _same_weights(teacher, tmp_path / "frozen" / "model.pt")  # lr 0: the start point, exactly
-    r = _fit(small_fer, tmp_path, "moved", *base, "--set", "lr=0.001")
+    r = _fit(synthetic_fer, tmp_path, "moved", *base, "--set", "lr=0.001")
     assert r.returncode == 0, r.stderr
     assert not _same_weights(teacher, tmp_path / "moved" / "model.pt")
     # model.pt holds the weight average, last.pt the raw weights it resumes from
@@ -116,44 +121,44 @@ def test_finetune_with_distillation_ema_and_cpu_bf16(seed_run, small_fer, tmp_pa
     assert torch.allclose(teacher_probs([m], x, 3.0, False, flip=True), (want + mirrored) / 2, atol=1e-6)
 
 
-def test_finetune_and_distillation_errors(seed_run, small_fer, tmp_path):
-    r = _fit(small_fer, tmp_path, "a", "--arch", "seed", "--max-steps", "1", "--set", "kd_alpha=0.5")
+def test_finetune_and_distillation_errors(seed_run, synthetic_fer, tmp_path):
+    r = _fit(synthetic_fer, tmp_path, "a", "--set", "arch=seed", "--set", "max_steps=1", "--set", "kd_alpha=0.5")
     assert r.returncode == 2 and "no teachers" in r.stderr and "Traceback" not in r.stderr
     init = json.dumps(str(seed_run / "model.pt"))
-    r = _fit(small_fer, tmp_path, "b", "--arch", "emonet-s", "--max-steps", "1", "--set", f"init_from={init}")
+    r = _fit(synthetic_fer, tmp_path, "b", "--set", "arch=emonet-s", "--set", "max_steps=1", "--set", f"init_from={init}")
     assert r.returncode == 2 and "same architecture" in r.stderr and "Traceback" not in r.stderr
-    r = _fit(small_fer, tmp_path, "c", "--arch", "seed", "--max-steps", "1", "--set", f"teachers=[{init}]",
+    r = _fit(synthetic_fer, tmp_path, "c", "--set", "arch=seed", "--set", "max_steps=1", "--set", f"teachers=[{init}]",
              "--set", "kd_alpha=0.5", "--set", "mean=0.4")
     assert r.returncode == 2 and "reads input" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_resume_refuses_recipe_changes(small_fer, tmp_path):
-    r = _fit(small_fer, tmp_path, "a", "--arch", "seed", "--max-steps", "3")
+def test_resume_refuses_recipe_changes(synthetic_fer, tmp_path):
+    r = _fit(synthetic_fer, tmp_path, "a", "--set", "arch=seed", "--set", "max_steps=3")
     assert r.returncode == 0
-    r = run_cli("emo-train", "fit", "--resume", tmp_path / "a", "--lr", "0.1")
+    r = run_cli("emo-train", "fit", "--resume", tmp_path / "a", "--set", "lr=0.1")
     assert r.returncode == 2 and "cannot change: lr" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_ddp_two_processes_match_single_process(small_fer, tmp_path):
-    args = ["--arch", "seed", "--max-steps", "6", "--batch-size", "32", "--no-augment", "--set", "arch_args={\"dropout\": 0.0}",
-            "--set", "optimizer=\"adam\"", "--set", "lr=0.001", "--threads", "1"]
-    single = _fit(small_fer, tmp_path, "single", *args)
+def test_ddp_two_processes_match_single_process(synthetic_fer, tmp_path):
+    args = ["--set", "arch=seed", "--set", "max_steps=6", "--set", "batch_size=32", "--set", "augment=false",
+            "--set", "arch_args={\"dropout\": 0.0}", "--set", "optimizer=adam", "--set", "lr=0.001", "--threads", "1"]
+    single = _fit(synthetic_fer, tmp_path, "single", *args)
     assert single.returncode == 0, single.stderr
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run([bin_path("torchrun"), "--standalone", "--nproc-per-node", "2", "-m", "emo.train.cli", "fit",
-                        "--data", str(small_fer), "--out", str(tmp_path), "--name", "ddp", "--no-progress", *args],
+                        "--data", str(synthetic_fer), "--out", str(tmp_path), "--name", "ddp", "--no-progress", *args],
                        capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     assert _same_weights(tmp_path / "single" / "model.pt", tmp_path / "ddp" / "model.pt", atol=1e-5)
 
 
-def test_evaluate_outputs_table_and_json(seed_run, small_fer, tmp_path):
-    r = run_cli("emo-train", "evaluate", seed_run / "model.pt", small_fer, "--json", tmp_path / "e.json", "--tta")
+def test_evaluate_outputs_table_and_json(seed_run, synthetic_fer, tmp_path):
+    r = run_cli("emo-train", "evaluate", seed_run / "model.pt", synthetic_fer, "--json", tmp_path / "e.json", "--tta")
     assert r.returncode == 0, r.stderr
     assert "confusion matrix" in r.stdout and "precision" in r.stdout and "flip TTA" in r.stdout
     rep = json.loads((tmp_path / "e.json").read_text())["report"]
-    assert rep["n"] == 84 and len(rep["confusion_matrix"]) == 7
-    assert sum(map(sum, rep["confusion_matrix"])) == 84
+    assert rep["n"] == 7 * 20 and len(rep["confusion_matrix"]) == 7
+    assert sum(map(sum, rep["confusion_matrix"])) == 7 * 20
     assert 0 <= rep["accuracy"] <= 1 and set(rep["per_class"]) >= {"happy", "disgust"}
 
 
@@ -164,3 +169,49 @@ def test_bad_checkpoint_files(tmp_path):
     torch.save({"a": 1}, tmp_path / "y.pt")
     with pytest.raises(EmoError, match="not an emo checkpoint"):
         load_checkpoint(tmp_path / "y.pt")
+
+
+# ---------------------------------------------------------------- pure functions, tested directly
+def test_lr_schedule():
+    cfg = TrainConfig(schedule="cosine", warmup_epochs=1)
+    f = [lr_factor(cfg, s, total=100, steps_per_epoch=10) for s in range(100)]
+    assert f[:10] == pytest.approx([(s + 1) / 10 for s in range(10)])  # linear warm-up over one epoch
+    assert f[10] == pytest.approx(1.0) and f[-1] == pytest.approx(0.5 * (1 + math.cos(math.pi * 89 / 90)))
+    assert all(a >= b for a, b in zip(f[10:], f[11:]))  # then only down
+    assert lr_factor(TrainConfig(schedule="constant", warmup_epochs=3), 0, 100, 10) == 1.0  # constant: no warm-up
+    one = TrainConfig(schedule="onecycle", warmup_epochs=0)
+    assert lr_factor(one, 0, 100, 10) == 1.0 and lr_factor(one, 100, 100, 10) == 0.01  # linear to 1%
+    with pytest.raises(EmoError, match="unknown schedule"):
+        lr_factor(TrainConfig(schedule="step", warmup_epochs=0), 5, 100, 10)
+
+
+def test_augment_is_seeded_and_each_part_can_be_switched_off():
+    x = torch.randn(8, 1, 48, 48)
+    cfg = TrainConfig()
+    a, b = augment(x.clone(), cfg, step_generator(0, 1, 2)), augment(x.clone(), cfg, step_generator(0, 1, 2))
+    assert torch.equal(a, b) and a.shape == x.shape and not torch.equal(a, x)
+    assert not torch.equal(a, augment(x.clone(), cfg, step_generator(0, 1, 3)))  # another step, other draws
+    off = TrainConfig(rotate=0, scale=0, shift=0, flip=False, brightness=0, contrast=0, random_erasing=0)
+    assert torch.allclose(augment(x.clone(), off, torch.Generator().manual_seed(0)), x, atol=1e-5)  # identity
+    flip_only = TrainConfig(rotate=0, scale=0, shift=0, flip=True, brightness=0, contrast=0, random_erasing=0)
+    y = augment(x.clone(), flip_only, torch.Generator().manual_seed(0))
+    for i in range(len(x)):  # each face is itself or its mirror image
+        assert torch.allclose(y[i], x[i], atol=1e-5) or torch.allclose(y[i], torch.flip(x[i], dims=[2]), atol=1e-5)
+    erase = TrainConfig(rotate=0, scale=0, shift=0, flip=False, brightness=0, contrast=0, random_erasing=1.0)
+    z = augment(torch.ones(4, 1, 48, 48), erase, torch.Generator().manual_seed(0))
+    assert all(((z[i] == 0).sum() > 0) and ((z[i] == 1).sum() > 0) for i in range(4))  # a patch of each face erased
+
+
+def test_mixup_blends_with_partners():
+    x = torch.arange(6.0).view(6, 1, 1, 1)
+    mixed, lam, partner = mixup(x, 0.3, torch.Generator().manual_seed(0))
+    assert 0 <= lam <= 1 and sorted(partner.tolist()) == list(range(6))
+    assert torch.allclose(mixed, lam * x + (1 - lam) * x[partner])
+
+
+def test_run_state_records_the_best_epoch():
+    s = RunState()
+    row = lambda e, acc: {"epoch": e, "step": e * 10, "val_accuracy": acc, "val_macro_f1": acc / 2}  # noqa: E731
+    assert s.record(row(1, 0.5), {"r": 1}) and s.epoch == 1 and s.best["epoch"] == 1
+    assert not s.record(row(2, 0.4), {"r": 2}) and s.bad_epochs == 1 and s.best_report == {"r": 1}
+    assert RunState.from_dict(s.to_dict()) == s

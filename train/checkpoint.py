@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 
 from emo.edge_runtime import __version__
 from emo.edge_runtime.errors import EmoError
+from emo.edge_runtime.files import atomic_write_bytes
 from emo.edge_runtime.labels import LABELS
+
+from .models import build_model
 
 FORMAT = "emo-checkpoint"
 FORMAT_VERSION = 1
@@ -45,23 +48,12 @@ def make_checkpoint(model, arch: str, arch_args: dict, input_spec: dict, config:
 
 
 def save_atomic(obj: dict, path: str | os.PathLike) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """``torch.save`` to ``path`` atomically (temporary file, fsync, rename): a killed run never
+    leaves a half-written checkpoint."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -92,9 +84,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     return ck
 
 
-def model_from_checkpoint(ck: dict):
-    from .models import build_model
-
+def model_from_checkpoint(ck: dict) -> torch.nn.Module:
     model = build_model(ck["arch"], **ck["arch_args"])
     try:
         model.load_state_dict(ck["state_dict"])

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import json
 import sys
-import tomllib
-from dataclasses import asdict
 from pathlib import Path
 from typing import List, Optional
 
@@ -16,69 +14,34 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Train small FER2013 emotion CNNs (PyTorch) and evaluate checkpoints.")
 
 
-def _parse_value(v: str):
-    try:
-        return json.loads(v)
-    except ValueError:
-        return v
-
-
-def build_config(config: Optional[Path], overrides: dict):
-    from .trainer import TrainConfig
-
-    d: dict = {}
-    if config is not None:
-        if not config.is_file():
-            raise EmoError(f"config file {config} does not exist")
-        try:
-            d = tomllib.loads(config.read_text())
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-            raise EmoError(f"config file {config} is not valid TOML: {e}") from None
-        d = {k.replace("-", "_"): v for k, v in d.items()}
-    d.update({k: v for k, v in overrides.items() if v is not None})
-    return TrainConfig.from_dict(d)
-
-
 @app.command()
 def fit(
     data: Optional[str] = typer.Option(None, help="FER2013 root (ROOT/train/<emotion>/*.jpg, ROOT/val/...) or fer2013.csv[.gz]."),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML recipe, e.g. configs/emonet.toml; flags override it."),
-    arch: Optional[str] = typer.Option(None, help="Architecture: seed, emonet, emonet-s."),
-    epochs: Optional[int] = typer.Option(None, help="Number of epochs."),
-    max_steps: Optional[int] = typer.Option(None, help="Stop after this many optimiser steps (the original seed run: 1001)."),
-    batch_size: Optional[int] = typer.Option(None, help="Global batch size."),
-    lr: Optional[float] = typer.Option(None, help="Peak learning rate."),
-    seed: Optional[int] = typer.Option(None, help="Random seed: the same seed gives the same run."),
-    val_fraction: Optional[float] = typer.Option(None, help="Stratified validation fraction, used when the data has no val split."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML recipe, e.g. configs/emonet.toml; --set overrides it."),
+    set_: List[str] = typer.Option([], "--set", help="Any config key as KEY=VALUE (JSON values), e.g. --set epochs=5 --set arch=seed."),
+    resume: Optional[str] = typer.Option(None, help="Continue a stopped run: runs/NAME or runs/NAME/last.pt."),
+    out: Optional[str] = typer.Option(None, help="Folder for runs (default: runs)."),
+    name: Optional[str] = typer.Option(None, help="Run name: the run is written to OUT/NAME/ (default: the recipe's file name)."),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or cuda:N."),
     threads: Optional[int] = typer.Option(None, help="CPU threads for torch (0: default)."),
-    out: Optional[str] = typer.Option(None, help="Folder for runs (default: runs)."),
-    name: Optional[str] = typer.Option(None, help="Run name: the run is written to OUT/NAME/."),
-    limit_per_class: Optional[int] = typer.Option(None, help="Load at most N images per class (quick experiments)."),
-    tta: Optional[bool] = typer.Option(None, "--tta/--no-tta", help="Also report flip-averaged validation accuracy."),
-    augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="Data augmentation."),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bars."),
-    set_: List[str] = typer.Option([], "--set", help="Any config key, as KEY=VALUE (JSON values), e.g. --set label_smoothing=0.05."),
-    resume: Optional[str] = typer.Option(None, help="Continue a stopped run: runs/NAME or runs/NAME/last.pt."),
 ) -> None:
-    """Train a model; writes OUT/NAME/{model.pt,last.pt,metrics.json,log.csv,curves.png,confusion.png}."""
+    """Train a model; writes OUT/NAME/{model.pt,last.pt,metrics.json,log.csv,curves.png,confusion.png}.
+
+    The recipe (epochs, learning rate, architecture, ...) comes from --config and --set; the
+    options here say only where the data is, where the run goes and what the machine uses.
+    """
+    from .config import build_config, parse_sets
     from .trainer import Stop, train
 
-    overrides = dict(data=data, arch=arch, epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr, seed=seed,
-                     val_fraction=val_fraction, device=device, threads=threads, out=out, name=name,
-                     limit_per_class=limit_per_class, tta=tta, augment=augment, progress=progress)
-    for kv in set_:
-        if "=" not in kv:
-            raise EmoError(f"--set expects KEY=VALUE, got '{kv}'")
-        k, v = kv.split("=", 1)
-        overrides[k.strip().replace("-", "_")] = _parse_value(v)
+    overrides = dict(data=data, out=out, name=name, device=device, threads=threads, progress=progress)
+    overrides.update(parse_sets(set_))
     log = lambda *a: print(*a, flush=True)  # noqa: E731
     try:
         if resume:
-            given = {k: v for k, v in overrides.items() if v is not None}
             if config is not None:
                 raise EmoError("--resume uses the run's saved config; drop --config")
-            train(None, resume=resume, overrides=given, log=log)
+            train(None, resume=resume, overrides={k: v for k, v in overrides.items() if v is not None}, log=log)
         else:
             train(build_config(config, overrides), log=log)
     except Stop:
@@ -96,12 +59,12 @@ def evaluate(
     """Accuracy, per-class precision/recall/F1 and the confusion matrix of a checkpoint."""
     import torch
 
+    from emo.edge_runtime.dataset import load_split
     from emo.edge_runtime.metrics import format_report
     from emo.edge_runtime.preprocess import InputSpec
 
     from .checkpoint import load_checkpoint, model_from_checkpoint
-    from .data import load_split
-    from .trainer import evaluate_split
+    from .evaluate import evaluate_split
 
     ck = load_checkpoint(checkpoint)
     model = model_from_checkpoint(ck)

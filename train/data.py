@@ -1,16 +1,7 @@
-"""Training data: the FER2013 loaders live in the edge runtime (one definition); re-exported here."""
+"""The trainer's view of the data: which faces it trains on and which it validates on."""
 from __future__ import annotations
 
-from emo.edge_runtime.dataset import (  # noqa: F401
-    DataReport,
-    Split,
-    class_index,
-    has_split,
-    load_csv,
-    load_folder,
-    load_split,
-    stratified_split,
-)
+from emo.edge_runtime.dataset import Split, has_split, load_split, stratified_split
 
 
 def train_val_splits(data: str, size: int, limit: int | None, val_fraction: float, seed: int) -> tuple[Split, Split]:

@@ -20,6 +20,8 @@ from emo.edge_runtime.preprocess import InputSpec, normalize
 
 from .checkpoint import file_sha256, load_checkpoint, make_checkpoint, model_from_checkpoint, save_atomic
 from .data import train_val_splits
+from .evaluate import evaluate_split
+from .runlog import write_logs
 
 
 def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
@@ -76,8 +78,6 @@ def recalibrate_checkpoint(checkpoint: str | Path, data: str, out: str = "runs",
     """Load ``checkpoint``, recalibrate its BatchNorm statistics on the training faces of ``data``,
     validate before and after on the faces the trainer validated on, and write
     OUT/NAME/{model.pt,metrics.json,log.csv,confusion.png}; returns OUT/NAME."""
-    from .trainer import _write_logs, evaluate_split
-
     ck = load_checkpoint(checkpoint)
     model = model_from_checkpoint(ck).eval()
     if not batchnorm_layers(model):
@@ -119,6 +119,6 @@ def recalibrate_checkpoint(checkpoint: str | Path, data: str, out: str = "runs",
     new = make_checkpoint(model, ck["arch"], ck["arch_args"], ck["input"], cfg, ck.get("data") or {}, metrics,
                           bn_recalibration=record)
     save_atomic(new, run_dir / "model.pt")
-    _write_logs(run_dir, metrics.get("history") or [], best, rep_after, plots=True)
+    write_logs(run_dir, metrics.get("history") or [], best, rep_after, plots=True)
     log(f"wrote {run_dir / 'model.pt'}")
     return run_dir

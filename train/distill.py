@@ -1,0 +1,59 @@
+"""Distillation from frozen teacher checkpoints, and the weight average (EMA) a run validates."""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from emo.edge_runtime.errors import EmoError
+from emo.edge_runtime.preprocess import InputSpec
+
+from .checkpoint import load_checkpoint, model_from_checkpoint
+
+
+def load_teachers(paths: list[str], kd_alpha: float, spec: InputSpec, device: torch.device) -> list[nn.Module]:
+    """The frozen teacher models (none when ``kd_alpha`` is 0); each must read the student's input."""
+    if kd_alpha and not paths:
+        raise EmoError("kd_alpha is set but no teachers are given; add teachers = [\"runs/NAME/model.pt\", ...]")
+    if not 0.0 <= kd_alpha <= 1.0:
+        raise EmoError(f"kd_alpha must be within [0, 1], got {kd_alpha}")
+    out = []
+    for path in paths if kd_alpha else []:
+        ck = load_checkpoint(path)
+        if InputSpec.from_dict(ck["input"]) != spec:
+            raise EmoError(f"teacher {path} reads input {ck['input']}, the student {spec.to_dict()}; "
+                           "train the student with the teacher's input size, mean and std")
+        out.append(frozen(model_from_checkpoint(ck).to(device)))
+    return out
+
+
+def frozen(model: nn.Module) -> nn.Module:
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+@torch.no_grad()
+def teacher_probs(teachers: list[nn.Module], x: torch.Tensor, temperature: float, amp: bool, flip: bool = False) -> torch.Tensor:
+    """Mean of the teachers' softened class probabilities for batch ``x`` (and its mirror image)."""
+    views = [x, torch.flip(x, dims=[3])] if flip else [x]
+    acc = 0.0
+    for t in teachers:
+        for v in views:
+            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+                acc = acc + (t(v).float() / temperature).softmax(1)
+    return acc / (len(teachers) * len(views))
+
+
+def make_ema(model: nn.Module) -> nn.Module:
+    return frozen(copy.deepcopy(model).eval())
+
+
+@torch.no_grad()
+def ema_update(ema_model: nn.Module, model: nn.Module, decay: float) -> None:
+    for e, m in zip(ema_model.state_dict().values(), model.state_dict().values()):
+        if e.dtype.is_floating_point:
+            e.mul_(decay).add_(m.detach(), alpha=1 - decay)
+        else:
+            e.copy_(m)
