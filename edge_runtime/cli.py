@@ -18,96 +18,42 @@ SOURCE_HELP = ("camera0 (V4L2 index) | /dev/video0 | picam0 (picamera2) | video 
                "image | folder of images | glob such as 'shots/*.jpg'")
 
 
+# The options infer and serve share (one definition; see runner.JobOptions).
+MODEL = typer.Option(None, "--model", "-m", help="emo ONNX model (default: the bundled int8 model).")
+DETECTOR = typer.Option("haar", help="Face detector: haar (built in) or yunet (needs --detector-model).")
+DETECTOR_MODEL = typer.Option(None, help="Path to face_detection_yunet.onnx for --detector yunet.")
+DETECT_EVERY = typer.Option(1, min=1, help="Run detection every N frames; track boxes in between.")
+DETECT_SIZE = typer.Option(None, help="Longest side of the frame the detector sees (haar: 320, yunet: 640).")
+SMOOTH = typer.Option(0.0, min=0.0, max=0.99, help="Score smoothing per track, 0 (off) to 0.99; 0.6 suits live video.")
+THREADS = typer.Option(1, min=1, help="onnxruntime threads for the classifier (at most the CPU cores).")
+SPIN = typer.Option(True, "--spin/--no-spin", help="--no-spin stops idle threads busy-waiting (saves power).")
+WIDTH = typer.Option(0, min=0, help="Camera: requested frame width.")
+HEIGHT = typer.Option(0, min=0, help="Camera: requested frame height.")
+FPS = typer.Option(0, min=0, help="Camera: requested frame rate.")
+RECONNECT = typer.Option(10, min=0, help="Camera/stream: reopen attempts, with backoff, after a drop-out.")
+TIMEOUT = typer.Option(10.0, min=0.5, help="Stream: seconds to wait for it to open or deliver a frame.")
+SAVE = typer.Option(None, help="Write annotated output: an image file, a video (.mp4/.avi/.mkv) or a folder.")
+MAX_FRAMES = typer.Option(0, min=0, help="Stop after N frames (0: no limit).")
+DURATION = typer.Option(0, min=0, help="Stop after N seconds (0: no limit).")
+
+
 @app.command()
 def infer(
     source: str = typer.Argument(..., help=SOURCE_HELP),
-    model: Optional[Path] = typer.Option(None, "--model", "-m", help="emo ONNX model (default: the bundled int8 model)."),
-    detector: str = typer.Option("haar", help="Face detector: haar (built in) or yunet (needs --detector-model)."),
-    detector_model: Optional[Path] = typer.Option(None, help="Path to face_detection_yunet.onnx for --detector yunet."),
-    detect_every: int = typer.Option(1, min=1, help="Run detection every N frames; track boxes in between."),
-    detect_size: Optional[int] = typer.Option(None, help="Longest side of the frame the detector sees (haar: 320, yunet: 640)."),
-    smooth: float = typer.Option(0.0, min=0.0, max=0.99, help="Score smoothing per track, 0 (off) to 0.99; 0.6 suits live video."),
-    threads: int = typer.Option(1, min=1, help="onnxruntime threads for the classifier (at most the CPU cores)."),
-    spin: bool = typer.Option(True, "--spin/--no-spin", help="--no-spin stops idle threads busy-waiting (saves power)."),
-    width: int = typer.Option(0, min=0, help="Camera: requested frame width."),
-    height: int = typer.Option(0, min=0, help="Camera: requested frame height."),
-    fps: float = typer.Option(0, min=0, help="Camera: requested frame rate."),
-    reconnect: int = typer.Option(10, min=0, help="Camera/stream: reopen attempts, with backoff, after a drop-out."),
-    timeout: float = typer.Option(10.0, min=0.5, help="Stream: seconds to wait for it to open or deliver a frame."),
-    save: Optional[str] = typer.Option(None, help="Write annotated output: an image file, a video (.mp4/.avi) or a folder."),
-    max_frames: int = typer.Option(0, min=0, help="Stop after N frames (0: no limit)."),
-    duration: float = typer.Option(0, min=0, help="Stop after N seconds (0: no limit)."),
-    output: str = typer.Option("auto", "--format", help="auto (table on a terminal, JSON Lines otherwise), json or table."),
+    model: Optional[Path] = MODEL, detector: str = DETECTOR, detector_model: Optional[Path] = DETECTOR_MODEL,
+    detect_every: int = DETECT_EVERY, detect_size: Optional[int] = DETECT_SIZE, smooth: float = SMOOTH,
+    threads: int = THREADS, spin: bool = SPIN, width: int = WIDTH, height: int = HEIGHT, fps: float = FPS,
+    reconnect: int = RECONNECT, timeout: float = TIMEOUT, save: Optional[str] = SAVE, max_frames: int = MAX_FRAMES,
+    duration: float = DURATION,
+    output: str = typer.Option("auto", "--format", help="auto (table on a terminal, JSON Lines otherwise), json, table or none."),
 ) -> None:
     """Detect faces, classify them and print the emotions per face, one record per frame."""
-    from .outputs import JsonLinesWriter, TableWriter
-    from .pipeline import OUTPUT_CLOSED, run
-    from .recognizer import Recognizer
-    from .saver import AnnotatedSaver
-    from .sources import open_source
-    from .stopping import StopFlag
+    params = dict(locals())
+    from .runner import JobOptions, run_job
 
-    if output not in ("auto", "json", "table"):
-        raise EmoError(f"--format must be auto, json or table, not '{output}'")
-    threads = _usable_threads(threads)
-    rec = Recognizer(model=model, detector=detector, detector_model=str(detector_model) if detector_model else None,
-                     threads=threads, spin=spin, detect_every=detect_every, smooth=smooth, detect_max_side=detect_size)
-    stop = StopFlag().install()
-    try:
-        src = open_source(source, width, height, fps, reconnect, stop=stop, timeout=timeout)
-        sinks: list = []
-        try:
-            saver = AnnotatedSaver(save, len(getattr(src, "paths", ())) == 1, src.fps, _input_files(src)) if save else None
-        except BaseException:
-            src.close()
-            raise
-        if saver is not None:
-            sinks.append(saver)
-        table = output == "table" or (output == "auto" and sys.stdout.isatty())
-        sinks.append(TableWriter(rec.labels, live=getattr(src, "live", False)) if table else JsonLinesWriter(sys.stdout))
-        summary = run(src, src.label, rec, sinks, max_frames, duration, stop)
-    except EmoError as e:
-        if not stop.reason:
-            raise
-        print(f"emo-edge: stopped by {stop.reason} ({e})", file=sys.stderr)  # e.g. while a stream was opening
-        raise typer.Exit(stop.exit_code) from None
-    finally:
-        stop.restore()
-    if summary.stopped_by == OUTPUT_CLOSED:
-        _silence_stdout()
-        print(f"emo-edge: stopped: output closed after {summary.frames} frames", file=sys.stderr)
-    elif summary.stopped_by:
-        print(f"emo-edge: stopped by {summary.stopped_by} after {summary.frames} frames", file=sys.stderr)
-    if saver is not None:
-        print(f"emo-edge: wrote {saver.count} annotated frame(s) to {save}", file=sys.stderr)
-    if summary.stopped_by and summary.stopped_by != OUTPUT_CLOSED:
-        raise typer.Exit(stop.exit_code or 1)
-
-
-def _usable_threads(threads: int) -> int:
-    cores = os.cpu_count() or 1
-    if threads > cores:
-        print(f"emo-edge: warning: --threads {threads} is more than the {cores} CPU cores here; using {cores}", file=sys.stderr)
-        return cores
-    return threads
-
-
-def _input_files(src) -> list:
-    """The files a source reads, so that --save can refuse to overwrite them."""
-    if hasattr(src, "paths"):
-        return list(src.paths)
-    target = getattr(src, "target", None)
-    return [target] if isinstance(target, Path) else []
-
-
-def _silence_stdout() -> None:
-    """The reader of stdout is gone: point fd 1 at /dev/null so the final flush cannot fail."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-    except (OSError, ValueError):
-        pass
+    code = run_job(JobOptions(**params))
+    if code:
+        raise typer.Exit(code)
 
 
 SPLITS = ("train", "val", "test")
@@ -129,6 +75,7 @@ def evaluate(
     from .dataset import load_split
     from .files import atomic_write_text, is_dir, same_file, shown
     from .metrics import classification_report, format_report
+    from .runner import usable_threads
 
     if split not in SPLITS:
         raise EmoError(f"--split must be one of {', '.join(SPLITS)}, not '{split}'")
@@ -136,7 +83,7 @@ def evaluate(
         raise EmoError(f"--json {shown(json_out)}: the folder {shown(json_out.parent)} does not exist; create it first")
     if json_out is not None and (same_file(json_out, model) or same_file(json_out, data)):
         raise EmoError(f"--json {shown(json_out)} is an input of this run; it would be overwritten. Write elsewhere")
-    clf = Classifier(model, threads=_usable_threads(threads))
+    clf = Classifier(model, threads=usable_threads(threads))
     sp = load_split(data, split, clf.spec.size, skip_blank=False)
     for line in sp.report.lines():
         print(f"emo-edge: {line.strip()}", file=sys.stderr)

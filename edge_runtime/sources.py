@@ -112,6 +112,7 @@ class VideoSource:
         w, h = int(self.cap.get(cv2.CAP_PROP_FRAME_WIDTH) or 0), int(self.cap.get(cv2.CAP_PROP_FRAME_HEIGHT) or 0)
         self.size = (w, h) if w and h else None
         self.reconnects = 0
+        self.state = "up"  # or "reconnecting (attempt n/N)": shown by emo-edge serve
 
     def _blocking(self, fn: Callable, what: str):
         """Run ``fn`` in a daemon thread while this thread waits where a signal can interrupt it;
@@ -189,6 +190,7 @@ class VideoSource:
         delay = 0.5
         for attempt in range(1, self.reconnect + 1):
             warn(f"{self.label} dropped out; reopening (attempt {attempt}/{self.reconnect}) in {delay:.1f}s")
+            self.state = f"reconnecting (attempt {attempt}/{self.reconnect})"
             if self.stop.wait(delay):
                 return None
             self.release()
@@ -198,6 +200,7 @@ class VideoSource:
                     ok, img = self._read()
                     if ok and img is not None:
                         warn(f"{self.label} is back")
+                        self.state = "up"
                         self.reconnects += 1
                         return img
             except _Stopped:

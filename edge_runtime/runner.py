@@ -1,0 +1,125 @@
+"""What `emo-edge infer` and `emo-edge serve` do around the frame loop: check the options, open
+the recognizer, the source and the sinks, run the loop with signal handling, and report.
+
+Both commands go through :func:`run_job`; serve only adds sinks (its HTTP server) through
+``extra_sinks``. The loop itself is :func:`emo.edge_runtime.pipeline.run`.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+from .errors import EmoError
+from .pipeline import OUTPUT_CLOSED, Summary, run
+from .recognizer import Recognizer
+from .stopping import StopFlag
+
+FORMATS = ("auto", "json", "table", "none")
+
+
+@dataclass
+class JobOptions:
+    """The options infer and serve share (see ``emo-edge infer --help``)."""
+
+    source: str
+    model: Optional[Path] = None
+    detector: str = "haar"
+    detector_model: Optional[Path] = None
+    detect_every: int = 1
+    detect_size: Optional[int] = None
+    smooth: float = 0.0
+    threads: int = 1
+    spin: bool = True
+    width: int = 0
+    height: int = 0
+    fps: float = 0.0
+    reconnect: int = 10
+    timeout: float = 10.0
+    save: Optional[str] = None
+    max_frames: int = 0
+    duration: float = 0.0
+    output: str = "auto"
+
+
+def usable_threads(threads: int) -> int:
+    cores = os.cpu_count() or 1
+    if threads > cores:
+        print(f"emo-edge: warning: --threads {threads} is more than the {cores} CPU cores here; using {cores}", file=sys.stderr)
+        return cores
+    return threads
+
+
+def run_job(o: JobOptions, extra_sinks: Optional[Callable[[object, Recognizer, StopFlag], list]] = None) -> int:
+    """Run the loop for ``o``; returns the exit status (0, or 130/143 when stopped by a signal)."""
+    from .outputs import JsonLinesWriter, TableWriter
+    from .saver import AnnotatedSaver
+    from .sources import open_source
+
+    if o.output not in FORMATS:
+        raise EmoError(f"--format must be one of {', '.join(FORMATS)}, not '{o.output}'")
+    rec = Recognizer(model=o.model, detector=o.detector, detector_model=str(o.detector_model) if o.detector_model else None,
+                     threads=usable_threads(o.threads), spin=o.spin, detect_every=o.detect_every, smooth=o.smooth,
+                     detect_max_side=o.detect_size)
+    stop = StopFlag().install()
+    saver = None
+    try:
+        src = open_source(o.source, o.width, o.height, o.fps, o.reconnect, stop=stop, timeout=o.timeout)
+        sinks: list = []
+        try:
+            if o.save:
+                saver = AnnotatedSaver(o.save, len(getattr(src, "paths", ())) == 1, src.fps, _input_files(src))
+                sinks.append(saver)
+            table = o.output == "table" or (o.output == "auto" and sys.stdout.isatty())
+            if table:
+                sinks.append(TableWriter(rec.labels, live=getattr(src, "live", False)))
+            elif o.output != "none":
+                sinks.append(JsonLinesWriter(sys.stdout))
+            if extra_sinks is not None:
+                sinks.extend(extra_sinks(src, rec, stop))
+        except BaseException:
+            for s in (*sinks, src):
+                s.close()
+            raise
+        summary = run(src, src.label, rec, sinks, o.max_frames, o.duration, stop)
+    except EmoError as e:
+        if not stop.reason:
+            raise
+        print(f"emo-edge: stopped by {stop.reason} ({e})", file=sys.stderr)  # e.g. while a stream was opening
+        return stop.exit_code
+    finally:
+        stop.restore()
+    return _report(summary, saver, o.save, stop)
+
+
+def _report(summary: Summary, saver, save: Optional[str], stop: StopFlag) -> int:
+    if summary.stopped_by == OUTPUT_CLOSED:
+        _silence_stdout()
+        print(f"emo-edge: stopped: output closed after {summary.frames} frames", file=sys.stderr)
+    elif summary.stopped_by:
+        print(f"emo-edge: stopped by {summary.stopped_by} after {summary.frames} frames", file=sys.stderr)
+    if saver is not None:
+        print(f"emo-edge: wrote {saver.count} annotated frame(s) to {save}", file=sys.stderr)
+    if summary.stopped_by and summary.stopped_by != OUTPUT_CLOSED:
+        return stop.exit_code or 1
+    return 0
+
+
+def _input_files(src) -> list:
+    """The files a source reads, so that --save can refuse to overwrite them."""
+    if hasattr(src, "paths"):
+        return list(src.paths)
+    target = getattr(src, "target", None)
+    return [target] if isinstance(target, Path) else []
+
+
+def _silence_stdout() -> None:
+    """The reader of stdout is gone: point fd 1 at /dev/null so the final flush cannot fail."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
