@@ -17,11 +17,11 @@ stage() {  # stage NAME CONFIG
 }
 stage emonet configs/emonet.toml
 stage emonet-s configs/emonet-s.toml
-stage emonet-seed1 configs/emonet-seed1.toml
+stage emonet-2 configs/emonet-2.toml
 stage emonet-kd configs/emonet-kd.toml
 stage emonet-w configs/emonet-w.toml
 stage emonet-kd2 configs/emonet-kd2.toml
-stage emonet-w-seed6 configs/emonet-w-seed6.toml
+stage emonet-w2 configs/emonet-w2.toml
 stage emonet-kd3 configs/emonet-kd3.toml
 emo-train recalibrate "$out/emonet-kd3/model.pt" --data "$data" --out "$out"  # writes $out/emonet-kd3-bn
 emo-export "$out/emonet-kd3-bn/model.pt" --calib-data "$data" --calib-size 1000 --crop-margin 0 --calib-method auto

@@ -60,6 +60,10 @@ def main() -> None:
     except EmoError as e:
         print(f"emo-export: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except ModuleNotFoundError as e:  # the edge install has no torch, onnx, ...
+        print(f"emo-export: error: {e.name} is not installed; emo-export needs the training install: pip install 'emo[train]'",
+              file=sys.stderr)
+        sys.exit(2)
     except KeyboardInterrupt:
         print("emo-export: interrupted; nothing was overwritten", file=sys.stderr)
         sys.exit(130)

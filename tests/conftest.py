@@ -60,12 +60,13 @@ def small_fer(tmp_path_factory, fer_root) -> Path:
     return root
 
 
-def synthetic_face(label: int, rng: np.random.Generator) -> np.ndarray:
+def synthetic_face(label: int, rng: np.random.Generator | None = None) -> np.ndarray:
     """A 48x48 gray cartoon face: wide eyes for fear and surprise, brows slanted per class, and a
-    mouth per class (smile, frown, open, crooked, flat); position, contrast and noise vary."""
-    img = np.full((48, 48), int(rng.integers(30, 90)), np.uint8)
-    cx, cy = 24 + int(rng.integers(-2, 3)), 25 + int(rng.integers(-2, 3))
-    skin = int(rng.integers(150, 210))
+    mouth per class (smile, frown, open, crooked, flat); with ``rng``, position, contrast and
+    noise vary; without, the face is drawn the same everywhere (no random numbers at all)."""
+    img = np.full((48, 48), int(rng.integers(30, 90)) if rng else 60, np.uint8)
+    cx, cy = (24 + int(rng.integers(-2, 3)), 25 + int(rng.integers(-2, 3))) if rng else (24, 25)
+    skin = int(rng.integers(150, 210)) if rng else 180
     dark = skin - 120
     cv2.ellipse(img, (cx, cy), (17, 21), 0, 0, 360, skin, -1)
     tilt = {0: 4, 1: 2, 2: -3, 4: -4}.get(label, 0)
@@ -83,7 +84,7 @@ def synthetic_face(label: int, rng: np.random.Generator) -> np.ndarray:
         cv2.line(img, (cx - 7, my + 2), (cx + 7, my - 3), dark, 2)
     else:
         cv2.line(img, (cx - 7, my), (cx + 7, my), dark, 2 if label == 0 else 1)
-    return np.clip(img + rng.normal(0, 8, img.shape), 0, 255).astype(np.uint8)
+    return np.clip(img + rng.normal(0, 8, img.shape), 0, 255).astype(np.uint8) if rng else img
 
 
 def write_synthetic_fer(root: Path, per_split: dict, seed: int = 0) -> Path:

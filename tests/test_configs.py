@@ -3,10 +3,12 @@ and builds its model, every teacher or starting checkpoint a config reads is the
 config, and reproduce-default.sh trains each of them before the run that reads it, then recalibrates
 and exports the last one."""
 import re
+from dataclasses import asdict
 
 import pytest
 
-from emo.train.config import build_config
+from emo.edge_runtime.errors import EmoError
+from emo.train.config import TrainConfig, build_config, read_recipe, tomllib
 from emo.train.models import build_model
 
 from conftest import REPO
@@ -52,3 +54,28 @@ def test_reproduce_chain_trains_inputs_first():
     assert recalibrated == order[-1]
     exported = re.search(r'^emo-export "\$out/([\w.-]+)/model\.pt"', CHAIN, flags=re.M).group(1)
     assert exported == f"{recalibrated}-bn"  # the recalibrated copy of the last stage
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_config_holds_only_what_differs(path):
+    """No key restates the trainer's default or the value the recipe's base already gives it."""
+    own = tomllib.loads(path.read_text())
+    base = read_recipe(path.parent / own["base"]) if "base" in own else {}
+    defaults = asdict(TrainConfig())
+    for k, v in own.items():
+        if k != "base":
+            assert v != base.get(k, defaults[k]), f"{path.name}: {k} = {v!r} restates its base or the default"
+
+
+def test_base_chain(tmp_path):
+    (tmp_path / "a.toml").write_text('lr = 0.5\nepochs = 3\narch_args = { dropout = 0.1 }\nname = "a-run"\n')
+    (tmp_path / "b.toml").write_text('base = "a.toml"\nepochs = 4\n')
+    cfg = build_config(tmp_path / "b.toml", {"seed": 9})
+    assert (cfg.lr, cfg.epochs, cfg.arch_args, cfg.seed) == (0.5, 4, {"dropout": 0.1}, 9)
+    assert cfg.name == "b"  # a run name is never inherited; it defaults to the recipe's file name
+    (tmp_path / "c.toml").write_text('base = "c.toml"\n')
+    with pytest.raises(EmoError, match="names itself as a base"):
+        build_config(tmp_path / "c.toml", {})
+    (tmp_path / "d.toml").write_text('base = "nope.toml"\n')
+    with pytest.raises(EmoError, match="does not exist"):
+        build_config(tmp_path / "d.toml", {})

@@ -1,4 +1,5 @@
 """The bundled default model: accuracy on FER2013 PublicTest (int8, single crop) and real photos."""
+import hashlib
 import json
 
 import pytest
@@ -7,7 +8,7 @@ from emo.edge_runtime.classifier import DEFAULT_MODEL, Classifier
 
 from conftest import REPO, run_cli
 
-# The issue's target; the bundled emonet int8 model measures 70.44% on PublicTest (MODEL_CARD.md).
+# The issue's target; the measured figure is in MODEL_CARD.md.
 MIN_ACCURACY = 0.70
 
 
@@ -40,10 +41,8 @@ def test_bundled_example_is_happy():
 
 
 def test_checkpoint_is_kept_for_re_export():
-    import torch
-
-    ck = torch.load(REPO / "models" / "emonet.pt", weights_only=True)
+    ckpt = REPO / "models" / "emo_default.pt"
+    assert Classifier().meta.checkpoint_sha256 == hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    torch = pytest.importorskip("torch", reason="reading the checkpoint needs the training install (.[train])")
+    ck = torch.load(ckpt, weights_only=True)
     assert ck["arch"] == "emonet" and ck["format"] == "emo-checkpoint"
-    from emo.train.checkpoint import file_sha256
-
-    assert Classifier().meta.checkpoint_sha256 == file_sha256(REPO / "models" / "emonet.pt")

@@ -115,6 +115,10 @@ def main() -> None:
     except EmoError as e:
         print(f"emo-train: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except ModuleNotFoundError as e:  # the edge install has no torch, onnx, ...
+        print(f"emo-train: error: {e.name} is not installed; emo-train needs the training install: pip install 'emo[train]'",
+              file=sys.stderr)
+        sys.exit(2)
     except KeyboardInterrupt:
         print("emo-train: interrupted", file=sys.stderr)
         sys.exit(130)
