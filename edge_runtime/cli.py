@@ -56,6 +56,37 @@ def infer(
         raise typer.Exit(code)
 
 
+@app.command()
+def serve(
+    source: str = typer.Argument(..., help=SOURCE_HELP),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on; 0.0.0.0 makes the page reachable from the network."),
+    port: int = typer.Option(8000, min=0, max=65535, help="TCP port (0: any free port)."),
+    token: Optional[str] = typer.Option(None, envvar="EMO_TOKEN", help="Require this token (?token= or 'Authorization: Bearer') on every endpoint but /healthz."),
+    stream_fps: float = typer.Option(10.0, min=0.5, max=60, help="MJPEG frames per second for viewers."),
+    stream_width: int = typer.Option(640, min=0, help="Width of the MJPEG frames (0: the frame's own)."),
+    jpeg_quality: int = typer.Option(75, min=10, max=100, help="JPEG quality of the stream and snapshot."),
+    health_timeout: float = typer.Option(5.0, min=0.5, help="/healthz answers 503 after this many seconds without a frame."),
+    model: Optional[Path] = MODEL, detector: str = DETECTOR, detector_model: Optional[Path] = DETECTOR_MODEL,
+    detect_every: int = DETECT_EVERY, detect_size: Optional[int] = DETECT_SIZE, smooth: float = SMOOTH,
+    threads: int = THREADS, spin: bool = SPIN, width: int = WIDTH, height: int = HEIGHT, fps: float = FPS,
+    reconnect: int = typer.Option(1_000_000, min=0, help="Camera/stream: reopen attempts after a drop-out (a service keeps trying)."),
+    timeout: float = TIMEOUT, save: Optional[str] = SAVE, max_frames: int = MAX_FRAMES, duration: float = DURATION,
+    output: str = typer.Option("none", "--format", help="Also print records on stdout: none, json or table."),
+) -> None:
+    """Run infer and serve a live page, an MJPEG stream and an HTTP API (see README: emo-edge serve).
+
+    A file source that ends (an image, a video) stays on the page until Ctrl-C or SIGTERM."""
+    params = dict(locals())
+    from .runner import JobOptions, run_job
+    from .serve import ServeOptions, serve_sinks
+
+    so = ServeOptions(**{k: params.pop(k) for k in ("host", "port", "token", "stream_fps", "stream_width", "jpeg_quality",
+                                                    "health_timeout")})
+    code = run_job(JobOptions(**params), serve_sinks(so), hold_at_end=True)
+    if code:
+        raise typer.Exit(code)
+
+
 SPLITS = ("train", "val", "test")
 
 

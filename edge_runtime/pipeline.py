@@ -7,6 +7,7 @@ a sink: an object with ``write(result)`` and ``close()`` that the one loop feeds
 """
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Optional, Protocol
@@ -56,11 +57,12 @@ class Summary:
 
 
 def run(source, label: str, rec: Recognizer, sinks: list, max_frames: int = 0, duration: float = 0,
-        stop: Optional[StopFlag] = None) -> Summary:
+        stop: Optional[StopFlag] = None, hold_at_end: bool = False) -> Summary:
     """Process frames until the source ends, a limit is hit or a stop is asked for.
 
     Sinks are closed (and the source too) however the loop ends; a reader that closes stdout
-    stops the loop with ``stopped_by == OUTPUT_CLOSED``."""
+    stops the loop with ``stopped_by == OUTPUT_CLOSED``. With ``hold_at_end``, a source that
+    ends leaves the sinks open with its last frame until a stop is asked for (serve)."""
     stop = stop or StopFlag()
     summary, t_start = Summary(), time.monotonic()
     it = iter(source)
@@ -72,6 +74,11 @@ def run(source, label: str, rec: Recognizer, sinks: list, max_frames: int = 0, d
             t0 = time.perf_counter()
             frame = next(it, None)
             if frame is None:
+                if hold_at_end and stop.reason is None:
+                    print(f"emo-edge: {label} ended after {summary.frames} frames; still serving the last one "
+                          "(Ctrl-C to stop)", file=sys.stderr, flush=True)
+                    while not stop.wait(0.5):
+                        pass
                 break
             decode_ms = (time.perf_counter() - t0) * 1e3
             if per_image:

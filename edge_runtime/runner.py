@@ -52,8 +52,10 @@ def usable_threads(threads: int) -> int:
     return threads
 
 
-def run_job(o: JobOptions, extra_sinks: Optional[Callable[[object, Recognizer, StopFlag], list]] = None) -> int:
-    """Run the loop for ``o``; returns the exit status (0, or 130/143 when stopped by a signal)."""
+def run_job(o: JobOptions, extra_sinks: Optional[Callable[[object, Recognizer, StopFlag], list]] = None,
+            hold_at_end: bool = False) -> int:
+    """Run the loop for ``o``; returns the exit status (0, or 130/143 when stopped by a signal).
+    ``extra_sinks(source, recognizer, stop)`` adds sinks; ``hold_at_end`` see pipeline.run."""
     from .outputs import JsonLinesWriter, TableWriter
     from .saver import AnnotatedSaver
     from .sources import open_source
@@ -83,7 +85,7 @@ def run_job(o: JobOptions, extra_sinks: Optional[Callable[[object, Recognizer, S
             for s in (*sinks, src):
                 s.close()
             raise
-        summary = run(src, src.label, rec, sinks, o.max_frames, o.duration, stop)
+        summary = run(src, src.label, rec, sinks, o.max_frames, o.duration, stop, hold_at_end)
     except EmoError as e:
         if not stop.reason:
             raise

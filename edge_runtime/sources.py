@@ -49,6 +49,7 @@ class ImageSource:
 
     def __init__(self, paths: list[Path], label: str, strict: bool):
         self.paths, self.label, self.strict = paths, label, strict
+        self.state = "up"  # "ended" once every file was read
         self.fps = 0.0
         self.size: Optional[tuple[int, int]] = None
         self.skipped = 0
@@ -64,6 +65,7 @@ class ImageSource:
                 warn(f"skipping {e}")
                 continue
             yield Frame(img, i, 0.0, shown(p.name))
+        self.state = "ended"
         if self.skipped:
             warn(f"skipped {self.skipped} of {len(self.paths)} files that could not be read (see above)")
 
@@ -112,7 +114,7 @@ class VideoSource:
         w, h = int(self.cap.get(cv2.CAP_PROP_FRAME_WIDTH) or 0), int(self.cap.get(cv2.CAP_PROP_FRAME_HEIGHT) or 0)
         self.size = (w, h) if w and h else None
         self.reconnects = 0
-        self.state = "up"  # or "reconnecting (attempt n/N)": shown by emo-edge serve
+        self.state = "up"  # "reconnecting (attempt n/N)" or "ended": shown by emo-edge serve
 
     def _blocking(self, fn: Callable, what: str):
         """Run ``fn`` in a daemon thread while this thread waits where a signal can interrupt it;
@@ -221,6 +223,7 @@ class VideoSource:
                 if not self.live:
                     if i == 0:
                         raise EmoError(f"{self.label} has no frames OpenCV can decode (empty or corrupt video)")
+                    self.state = "ended"
                     return  # a video file that ends
                 img = self._reopen() if self.reconnect > 0 else None
                 if img is None:
