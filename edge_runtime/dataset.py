@@ -170,7 +170,7 @@ def load_csv(path: Path, split: str, size: int = 48, skip_blank: bool = True, li
                 raise EmoError(f"{path} is not a FER2013 CSV: it needs columns emotion,pixels[,Usage], found {sorted(cols)}")
             has_usage = "Usage" in cols
             if not has_usage and split != "train":
-                raise EmoError(f"{path} has no Usage column, so it has no '{split}' split; use --val-fraction")
+                raise EmoError(f"{path} has no Usage column, so it has no '{split}' split; pass labelled faces that have one (training holds out val_fraction of train by itself)")
             report.source = f"{path} [{want}]" if has_usage else f"{path} (no Usage column: all rows)"
             for lineno, row in enumerate(reader, start=2):
                 if has_usage and row["Usage"] != want:
@@ -269,7 +269,7 @@ def has_split(data: str | os.PathLike, split: str) -> bool:
 def stratified_split(split: Split, fraction: float, seed: int) -> tuple[Split, Split]:
     """Hold out ``fraction`` of each class as validation, deterministically for ``seed``."""
     if not 0 < fraction < 1:
-        raise EmoError(f"--val-fraction must be between 0 and 1, got {fraction}")
+        raise EmoError(f"val_fraction must be between 0 and 1, got {fraction}; e.g. --set val_fraction=0.1")
     rng = np.random.default_rng(seed)
     val_idx = []
     for c in np.unique(split.labels):

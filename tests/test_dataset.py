@@ -5,7 +5,7 @@ import cv2
 import numpy as np
 import pytest
 
-from emo.edge_runtime.dataset import has_split, load_split, stratified_split
+from emo.edge_runtime.dataset import has_split, load_split, locate_split, split_key, stratified_split
 from emo.edge_runtime.errors import EmoError
 
 from emo.edge_runtime.labels import LABELS
@@ -89,3 +89,23 @@ def test_unknown_class_folder_and_wrong_paths(tmp_path, fer_root):
     (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
     with pytest.raises(EmoError, match="not a FER2013 CSV"):
         load_split(tmp_path / "bad.csv", "train")
+
+
+def test_splits_never_stand_in_for_each_other(synthetic_fer, tmp_path):
+    """'val' does not fall back to a test folder; a folder of class folders answers any split but
+    says so; has_split tells which splits really exist."""
+    root = tmp_path / "r"
+    shutil.copytree(synthetic_fer / "train", root / "train")
+    shutil.copytree(synthetic_fer / "val", root / "test")
+    with pytest.raises(EmoError, match=r"no 'val' folder \(it has: test, train\)"):
+        load_split(root, "val")
+    assert not has_split(root, "val") and has_split(root, "test")
+    assert load_split(root, "test").report.source == str(root / "test")
+    flat = synthetic_fer / "val"
+    sp = load_split(flat, "val")
+    assert "no split folders: all of it" in sp.report.source and "all of it" in sp.report.lines()[0]
+    assert not has_split(flat, "val") and not has_split(flat, "train")
+    assert split_key(flat, "train") == split_key(synthetic_fer, "val")  # the same faces, however named
+    assert locate_split(synthetic_fer, "val") == str(synthetic_fer / "val")
+    with pytest.raises(EmoError, match="unknown split"):
+        locate_split(synthetic_fer, "holdout")

@@ -70,7 +70,7 @@ def evaluate(
     model = model_from_checkpoint(ck)
     spec = InputSpec.from_dict(ck["input"])
     sp = load_split(data, split, spec.size)
-    rep, loss = evaluate_split(model, sp, spec, torch.device("cpu"))
+    rep, _ = evaluate_split(model, sp, spec, torch.device("cpu"))
     result = {"checkpoint": str(checkpoint), "data": str(data), "split": split, "report": rep}
     print(format_report(rep, f"{checkpoint} on {data} [{split}]"))
     if tta:
