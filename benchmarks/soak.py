@@ -13,11 +13,9 @@ open file descriptors. Goal: flat RSS and descriptors over the whole run, every 
 from __future__ import annotations
 
 import argparse
-import http.server
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,57 +23,11 @@ import threading
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 
-from emo.edge_runtime.bench import device_fingerprint, fingerprint_md, make_test_video, save_result
+from emo.edge_runtime.bench import MjpegTestStream, device_fingerprint, fingerprint_md, make_test_video, save_result
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-class FlakyStream:
-    """MJPEG over HTTP on 127.0.0.1, looping ``frames``, down for ``down`` s every ``drop_every`` s."""
-
-    def __init__(self, frames: list[bytes], fps: float, drop_every: float, down: float):
-        self.frames, self.period, self.drop_every, self.down = frames, 1.0 / fps, drop_every, down
-        self.t0 = time.monotonic()
-        self.drops = 0
-        owner = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                if not owner.up():
-                    self.close_connection = True
-                    self.send_error(503)
-                    return
-                self.send_response(200)
-                self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
-                self.end_headers()
-                i = 0
-                try:
-                    while owner.up():
-                        jpg = owner.frames[i % len(owner.frames)]
-                        self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(jpg)
-                                         + jpg + b"\r\n")
-                        i += 1
-                        time.sleep(owner.period)
-                except OSError:
-                    pass
-
-            def log_message(self, *a):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/live.mjpg"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def up(self) -> bool:
-        return (time.monotonic() - self.t0) % self.drop_every < self.drop_every - self.down
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def proc_stats(pid: int) -> tuple[float, int]:
@@ -104,15 +56,7 @@ def main(argv=None) -> int:
     log = lambda s: print(f"soak: {s}", file=sys.stderr, flush=True)  # noqa: E731
     with tempfile.TemporaryDirectory() as td:
         video = make_test_video(a.photo, Path(td) / "clip.avi", frames=150)
-        cap = cv2.VideoCapture(str(video))
-        frames = []
-        while True:
-            ok, img = cap.read()
-            if not ok:
-                break
-            frames.append(cv2.imencode(".jpg", img)[1].tobytes())
-        cap.release()
-    stream = FlakyStream(frames, a.fps, a.drop_every, a.down)
+        stream = MjpegTestStream.of_video(video, fps=a.fps, schedule=lambda t: t % a.drop_every < a.drop_every - a.down)
     exe = Path(sys.executable).parent / "emo-edge"
     cmd = [str(exe) if exe.exists() else "emo-edge", "infer", stream.url, "--format", "json", "--reconnect", "1000",
            "--timeout", "5"]

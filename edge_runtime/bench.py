@@ -216,6 +216,72 @@ def pipeline_bench(video: Path, model: Optional[Path], detector: str, detector_m
             "stages_p90_ms": {k: pct(v, 90) for k, v in times.ms.items()}}
 
 
+class MjpegTestStream:
+    """A live MJPEG-over-HTTP stream on 127.0.0.1 that loops ``frames`` (JPEG bytes) at ``fps``,
+    for soak tests and the serve tests. ``set_up(False)`` cuts every connection and answers 503
+    until ``set_up(True)``, like a network camera that reboots; ``schedule`` (a callable of the
+    seconds since start) can decide that instead."""
+
+    def __init__(self, frames: list[bytes], fps: float = 10.0, schedule: Optional[Callable[[float], bool]] = None):
+        import http.server
+        import threading
+
+        self.frames, self.period, self.schedule = frames, 1.0 / fps, schedule
+        self.t0 = time.monotonic()
+        self._up = True
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                if not owner.up():
+                    self.close_connection = True
+                    self.send_error(503)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+                self.end_headers()
+                i = 0
+                try:
+                    while owner.up():
+                        jpg = owner.frames[i % len(owner.frames)]
+                        self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(jpg)
+                                         + jpg + b"\r\n")
+                        i += 1
+                        time.sleep(owner.period)
+                except OSError:
+                    pass
+
+            def log_message(self, *a):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/live.mjpg"
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
+
+    @classmethod
+    def of_video(cls, video: Path, **kw) -> "MjpegTestStream":
+        cap = cv2.VideoCapture(str(video))
+        frames = []
+        while True:
+            ok, img = cap.read()
+            if not ok:
+                break
+            frames.append(cv2.imencode(".jpg", img)[1].tobytes())
+        cap.release()
+        return cls(frames, **kw)
+
+    def up(self) -> bool:
+        return self.schedule(time.monotonic() - self.t0) if self.schedule else self._up
+
+    def set_up(self, up: bool) -> None:
+        self._up = up
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
 def rss_mb() -> float:
     try:
         with open("/proc/self/statm") as fh:

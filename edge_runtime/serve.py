@@ -175,9 +175,9 @@ class LiveState:
             ]
         out = []
         for name, kind, help_, samples in rows:
-            out += [f"# HELP {name} {help_}", f"# TYPE {name} {kind}"]
-            suffix = "_total" if kind == "counter" else ""
-            out += [f"{name}{suffix}{labels} {value}" for labels, value in samples]
+            full = name + "_total" if kind == "counter" else name  # text format 0.0.4: counters end in _total
+            out += [f"# HELP {full} {help_}", f"# TYPE {full} {kind}"]
+            out += [f"{full}{labels} {value}" for labels, value in samples]
         return "\n".join(out) + "\n"
 
 

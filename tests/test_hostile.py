@@ -30,6 +30,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper
 
+from emo.edge_runtime.bench import MjpegTestStream
 from emo.edge_runtime.classifier import DEFAULT_MODEL, Classifier
 from emo.edge_runtime.errors import EmoError
 from emo.edge_runtime.files import read_image, shown
@@ -377,44 +378,15 @@ def test_a_stream_that_never_answers_stops_on_sigterm_and_times_out(silent_serve
     user_error(r, "no answer")
 
 
-class MjpegHandler(http.server.BaseHTTPRequestHandler):
-    """A live MJPEG stream of the example photo that ends after ``frames`` frames (a drop-out)."""
-
-    frames = 5
-
-    def do_GET(self):
-        jpg = cv2.imencode(".jpg", cv2.resize(face_frame(), (320, 320)))[1].tobytes()
-        self.send_response(200)
-        self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
-        self.end_headers()
-        try:
-            for _ in range(self.frames):
-                self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(jpg) + jpg + b"\r\n")
-                time.sleep(0.05)
-        except OSError:
-            pass
-
-    def log_message(self, *a):
-        pass
-
-
 def test_sigterm_during_reconnect_backoff_exits_at_once():
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), MjpegHandler)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{srv.server_address[1]}/live.mjpg"
+    jpg = cv2.imencode(".jpg", cv2.resize(face_frame(), (320, 320)))[1].tobytes()
+    stream = MjpegTestStream([jpg], fps=20)
     try:
-        p = subprocess.Popen([bin_path("emo-edge"), "infer", url, "--reconnect", "20"], stdout=subprocess.PIPE,
+        p = subprocess.Popen([bin_path("emo-edge"), "infer", stream.url, "--reconnect", "20"], stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
         first = p.stdout.readline()
-        srv.shutdown()
-        srv.server_close()
-        deadline = time.monotonic() + 20
-        err = ""
-        while "reopening" not in err and time.monotonic() < deadline:  # wait until it is in its backoff
-            time.sleep(0.5)
-            if p.poll() is not None:
-                break
-        time.sleep(1.5)
+        stream.set_up(False)  # the camera goes away; emo-edge starts its backoff
+        time.sleep(3.0)
         t0 = time.monotonic()
         p.send_signal(signal.SIGTERM)
         out, err = p.communicate(timeout=20)
@@ -422,7 +394,7 @@ def test_sigterm_during_reconnect_backoff_exits_at_once():
         assert p.returncode == 143 and time.monotonic() - t0 < 3, (p.returncode, err)
         assert "reopening" in err and "Traceback" not in err
     finally:
-        srv.server_close()
+        stream.close()
 
 
 def test_fifo_and_symlink_loops(tmp_path):
