@@ -25,19 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-from emo.edge_runtime.bench import MjpegTestStream, device_fingerprint, fingerprint_md, make_test_video, save_result
+from emo.edge_runtime.bench import (MjpegTestStream, device_fingerprint, fingerprint_md, make_test_video, process_stats,
+                                    save_result)
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def proc_stats(pid: int) -> tuple[float, int]:
-    """RSS in MB and the number of open file descriptors of a process."""
-    rss = 0.0
-    with open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                rss = int(line.split()[1]) / 1024
-    return rss, len(os.listdir(f"/proc/{pid}/fd"))
 
 
 def main(argv=None) -> int:
@@ -88,7 +79,7 @@ def main(argv=None) -> int:
         time.sleep(min(a.sample, max(0.0, end - time.monotonic())))
         if p.poll() is not None:
             break
-        rss, fds = proc_stats(p.pid)
+        rss, fds = process_stats(p.pid)
         samples.append({"t_s": round(time.monotonic() - t0, 1), "frames": counts["frames"], "reconnects": counts["reconnects"],
                         "rss_mb": round(rss, 1), "fds": fds})
         log(f"{samples[-1]}")

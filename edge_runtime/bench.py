@@ -290,6 +290,16 @@ def rss_mb() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def process_stats(pid: int) -> tuple[float, int]:
+    """RSS in MB and the number of open file descriptors of a running process (Linux)."""
+    rss = 0.0
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                rss = int(line.split()[1]) / 1024
+    return rss, len(os.listdir(f"/proc/{pid}/fd"))
+
+
 def memory_bench(model: Optional[Path], video: Path, frames: int, sample_every: int = 500,
                  progress: Callable[[str], None] = lambda s: None) -> dict:
     """Cold start (model load) time, and RSS over a long run of the recognizer on a looping video.

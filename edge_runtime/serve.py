@@ -68,7 +68,9 @@ class LiveState:
 
     def __init__(self, source, labels, info: dict, opts: ServeOptions):
         self.source, self.labels, self.info, self.opts = source, labels, info, opts
-        self.cond = threading.Condition()
+        lock = threading.Lock()
+        self.cond = threading.Condition(lock)  # notified per frame: the encoder and event streams wait on it
+        self.jpeg_ready = threading.Condition(lock)  # notified per JPEG: MJPEG viewers wait on it
         self.c = Counters(by_emotion={n: 0 for n in labels})
         self.latest = None  # FrameResult
         self.seq = 0  # frames received
@@ -103,6 +105,7 @@ class LiveState:
         with self.cond:
             self.closed = True
             self.cond.notify_all()
+            self.jpeg_ready.notify_all()
 
     # --- JPEG, once per frame for all viewers ---------------------------------------------------
     def _encode_loop(self) -> None:
@@ -125,7 +128,7 @@ class LiveState:
                 self.c.skipped_stream_fps += max(0, seq - self.jpeg_seq - 1)
                 self.jpeg, self.jpeg_seq = jpeg, seq
                 self.c.jpeg_frames += 1
-                self.cond.notify_all()
+                self.jpeg_ready.notify_all()
 
     def encode(self, result) -> bytes:
         img = result.annotated
@@ -300,7 +303,7 @@ def make_handler(state: LiveState, opts: ServeOptions):
                     sent = state.c.jpeg_frames
                     while True:
                         with state.cond:
-                            state.cond.wait_for(lambda: state.closed or state.c.jpeg_frames > sent, timeout=1.0)
+                            state.jpeg_ready.wait_for(lambda: state.closed or state.c.jpeg_frames > sent, timeout=1.0)
                             if state.closed:
                                 return
                             if state.c.jpeg_frames <= sent or not state.jpeg:
