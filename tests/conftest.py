@@ -107,7 +107,7 @@ def synthetic_fer(tmp_path_factory) -> Path:
 
 def train_and_export(data: Path, out: Path, name: str = "seed") -> Path:
     """The seed CNN trained for 40 steps on ``data``, then exported (minmax calibration)."""
-    r = run_cli("emo-train", "fit", "--data", data, "--set", "arch=seed", "--set", "limit_per_class=150",
+    r = run_cli("emo-train", "fit", "--data", data, "--set", "arch=seed",
                 "--set", "max_steps=40", "--set", "batch_size=32", "--set", "lr=0.001", "--set", "augment=false",
                 "--out", out, "--name", name, "--no-progress")
     assert r.returncode == 0, r.stderr + r.stdout
@@ -128,12 +128,6 @@ def seed_run(tmp_path_factory, synthetic_fer) -> Path:
 def seed_run_copy(seed_run, tmp_path) -> Path:
     """A private copy of ``seed_run`` for a test that writes into the run folder."""
     return Path(shutil.copytree(seed_run, tmp_path / "seed"))
-
-
-@pytest.fixture(scope="session")
-def real_seed_run(tmp_path_factory, fer_root) -> Path:
-    """The seed CNN trained for a few steps on real FER2013 images, then exported."""
-    return train_and_export(fer_root, tmp_path_factory.mktemp("real_runs"))
 
 
 def make_video(path: Path, frames: list[np.ndarray], fps: float = 10.0) -> Path:
