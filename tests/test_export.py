@@ -4,7 +4,6 @@ import shutil
 import cv2
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from pathlib import Path
 
 import cv2
 import numpy as np
