@@ -24,4 +24,4 @@ stage emonet-kd2 configs/emonet-kd2.toml
 stage emonet-w2 configs/emonet-w2.toml
 stage emonet-kd3 configs/emonet-kd3.toml
 emo-train recalibrate "$out/emonet-kd3/model.pt" --data "$data" --out "$out"  # writes $out/emonet-kd3-bn
-emo-export "$out/emonet-kd3-bn/model.pt" --calib-data "$data" --calib-size 1000 --crop-margin 0 --calib-method auto
+emo-export "$out/emonet-kd3-bn/model.pt" --calib-data "$data" --calib-size 1000 --crop-margin 0  # --calib-method auto is the default
