@@ -35,6 +35,10 @@ TIMEOUT = typer.Option(10.0, min=0.5, help="Stream: seconds to wait for it to op
 SAVE = typer.Option(None, help="Write annotated output: an image file, a video (.mp4/.avi/.mkv) or a folder.")
 MAX_FRAMES = typer.Option(0, min=0, help="Stop after N frames (0: no limit).")
 DURATION = typer.Option(0, min=0, help="Stop after N seconds (0: no limit).")
+MQTT = typer.Option(None, help="Publish to an MQTT broker: mqtt://[user@]host[:port][/prefix] or mqtts:// "
+                               "(password in EMO_MQTT_PASSWORD; needs pip install \"emo[mqtt]\").")
+MQTT_INTERVAL = typer.Option(1.0, min=0.05, help="MQTT: at most one state message per this many seconds.")
+HA_DISCOVERY = typer.Option(True, "--ha-discovery/--no-ha-discovery", help="MQTT: announce sensors to Home Assistant.")
 
 
 @app.command()
@@ -44,7 +48,8 @@ def infer(
     detect_every: int = DETECT_EVERY, detect_size: Optional[int] = DETECT_SIZE, smooth: float = SMOOTH,
     threads: int = THREADS, spin: bool = SPIN, width: int = WIDTH, height: int = HEIGHT, fps: float = FPS,
     reconnect: int = RECONNECT, timeout: float = TIMEOUT, save: Optional[str] = SAVE, max_frames: int = MAX_FRAMES,
-    duration: float = DURATION,
+    duration: float = DURATION, mqtt: Optional[str] = MQTT, mqtt_interval: float = MQTT_INTERVAL,
+    ha_discovery: bool = HA_DISCOVERY,
     output: str = typer.Option("auto", "--format", help="auto (table on a terminal, JSON Lines otherwise), json, table or none."),
 ) -> None:
     """Detect faces, classify them and print the emotions per face, one record per frame."""
@@ -71,6 +76,7 @@ def serve(
     threads: int = THREADS, spin: bool = SPIN, width: int = WIDTH, height: int = HEIGHT, fps: float = FPS,
     reconnect: int = typer.Option(1_000_000, min=0, help="Camera/stream: reopen attempts after a drop-out (a service keeps trying)."),
     timeout: float = TIMEOUT, save: Optional[str] = SAVE, max_frames: int = MAX_FRAMES, duration: float = DURATION,
+    mqtt: Optional[str] = MQTT, mqtt_interval: float = MQTT_INTERVAL, ha_discovery: bool = HA_DISCOVERY,
     output: str = typer.Option("none", "--format", help="Also print records on stdout: none, json or table."),
 ) -> None:
     """Run infer and serve a live page, an MJPEG stream and an HTTP API (see README: emo-edge serve).
@@ -83,6 +89,35 @@ def serve(
     so = ServeOptions(**{k: params.pop(k) for k in ("host", "port", "token", "stream_fps", "stream_width", "jpeg_quality",
                                                     "health_timeout")})
     code = run_job(JobOptions(**params), serve_sinks(so), hold_at_end=True)
+    if code:
+        raise typer.Exit(code)
+
+
+@app.command()
+def analyze(
+    inputs: list[str] = typer.Argument(..., help="Video files, or folders of them (not searched recursively)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder: one subfolder per video (frames.csv, tracks.csv, timeline.png, summary.json)."),
+    stride: int = typer.Option(1, min=1, help="Process every N-th frame; timestamps stay those of the video."),
+    workers: int = typer.Option(1, min=1, help="Videos analysed in parallel, one process each (about one per core)."),
+    force: bool = typer.Option(False, "--force", help="Redo videos whose outputs are complete (otherwise they are skipped)."),
+    parquet: bool = typer.Option(False, "--parquet", help="Also write frames.parquet (needs pyarrow)."),
+    min_track_seconds: float = typer.Option(0.5, min=0, help="Tracks on screen for less than this are dropped from tracks.csv and the plot."),
+    merge_gap: float = typer.Option(1.0, min=0, help="A track that starts this many seconds or less after one ended, where it ended, continues it (0: off)."),
+    timeline_tracks: int = typer.Option(4, min=1, help="timeline.png shows this many tracks, the longest on screen."),
+    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bars (default: on a terminal)."),
+    model: Optional[Path] = MODEL, detector: str = DETECTOR, detector_model: Optional[Path] = DETECTOR_MODEL,
+    detect_every: int = DETECT_EVERY, detect_size: Optional[int] = DETECT_SIZE, smooth: float = SMOOTH,
+    threads: int = THREADS, spin: bool = SPIN,
+) -> None:
+    """Analyse recordings: per video a table per frame and per track, a timeline plot and a summary.
+
+    Exit status: 0 every video analysed (or already complete), 1 some failed, 3 all failed,
+    2 a usage error (nothing done), 130/143 stopped by Ctrl-C/SIGTERM (rerun to resume)."""
+    params = dict(locals())
+    from .analyze import AnalyzeOptions, analyze_batch
+
+    run = {k: params.pop(k) for k in ("inputs", "out", "workers", "force", "progress")}
+    code = analyze_batch(run["inputs"], run["out"], AnalyzeOptions(**params), run["workers"], run["force"], run["progress"])
     if code:
         raise typer.Exit(code)
 

@@ -42,6 +42,9 @@ class JobOptions:
     max_frames: int = 0
     duration: float = 0.0
     output: str = "auto"
+    mqtt: Optional[str] = None
+    mqtt_interval: float = 1.0
+    ha_discovery: bool = True
 
 
 def usable_threads(threads: int) -> int:
@@ -52,10 +55,10 @@ def usable_threads(threads: int) -> int:
     return threads
 
 
-def run_job(o: JobOptions, extra_sinks: Optional[Callable[[object, Recognizer, StopFlag], list]] = None,
+def run_job(o: JobOptions, extra_sinks: Optional[Callable[[object, Recognizer, StopFlag, list], list]] = None,
             hold_at_end: bool = False) -> int:
     """Run the loop for ``o``; returns the exit status (0, or 130/143 when stopped by a signal).
-    ``extra_sinks(source, recognizer, stop)`` adds sinks; ``hold_at_end`` see pipeline.run."""
+    ``extra_sinks(source, recognizer, stop, sinks so far)`` adds sinks; ``hold_at_end`` see pipeline.run."""
     from .outputs import JsonLinesWriter, TableWriter
     from .saver import AnnotatedSaver
     from .sources import open_source
@@ -79,8 +82,10 @@ def run_job(o: JobOptions, extra_sinks: Optional[Callable[[object, Recognizer, S
                 sinks.append(TableWriter(rec.labels, live=getattr(src, "live", False)))
             elif o.output != "none":
                 sinks.append(JsonLinesWriter(sys.stdout))
+            if o.mqtt:
+                sinks.append(_mqtt_sink(o, rec))
             if extra_sinks is not None:
-                sinks.extend(extra_sinks(src, rec, stop))
+                sinks.extend(extra_sinks(src, rec, stop, list(sinks)))
         except BaseException:
             for s in (*sinks, src):
                 s.close()
@@ -94,6 +99,13 @@ def run_job(o: JobOptions, extra_sinks: Optional[Callable[[object, Recognizer, S
     finally:
         stop.restore()
     return _report(summary, saver, o.save, stop)
+
+
+def _mqtt_sink(o: JobOptions, rec: Recognizer):
+    from . import __version__
+    from .mqtt import MqttOptions, MqttSink
+
+    return MqttSink(MqttOptions(o.mqtt, o.mqtt_interval, o.ha_discovery), rec.labels, {"emo_version": __version__})
 
 
 def _report(summary: Summary, saver, save: Optional[str], stop: StopFlag) -> int:

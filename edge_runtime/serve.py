@@ -24,7 +24,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional, Sequence
 from urllib.parse import parse_qs, urlsplit
 
 import cv2
@@ -66,8 +66,9 @@ class Counters:
 class LiveState:
     """The sink that serve adds to the loop: the newest result, counters, and the JPEG encoder."""
 
-    def __init__(self, source, labels, info: dict, opts: ServeOptions):
+    def __init__(self, source, labels, info: dict, opts: ServeOptions, extra_metrics: Sequence[Callable[[], list]] = ()):
         self.source, self.labels, self.info, self.opts = source, labels, info, opts
+        self.extra_metrics = list(extra_metrics)  # other sinks' rows for /metrics (MQTT counters)
         lock = threading.Lock()
         self.cond = threading.Condition(lock)  # notified per frame: the encoder and event streams wait on it
         self.jpeg_ready = threading.Condition(lock)  # notified per JPEG: MJPEG viewers wait on it
@@ -176,6 +177,8 @@ class LiveState:
                 ("emo_unauthorized_requests", "counter", "Requests refused for a missing or wrong token.", [("", c.unauthorized)]),
                 ("emo_http_requests", "counter", "HTTP requests served.", [("", c.http_requests)]),
             ]
+        for extra in self.extra_metrics:
+            rows += extra()
         out = []
         for name, kind, help_, samples in rows:
             full = name + "_total" if kind == "counter" else name  # text format 0.0.4: counters end in _total
@@ -388,14 +391,15 @@ def is_loopback(host: str) -> bool:
 def serve_sinks(opts: ServeOptions):
     """``extra_sinks`` for runner.run_job: the LiveState + HTTP server, started once the source is open."""
 
-    def make(src, rec, stop) -> list:
+    def make(src, rec, stop, sinks: list) -> list:
         if not is_loopback(opts.host) and not opts.token:
             print(f"emo-edge: warning: serving on {opts.host}:{opts.port} without --token; anyone on the network "
                   "can see the camera", file=sys.stderr)
         det = rec.face_detector
         info = {"source": src.label, "model": rec.classifier.path.name, "model_arch": rec.classifier.meta.arch,
                 "precision": rec.classifier.meta.precision, "detector": det.name, "labels": list(rec.labels)}
-        server = Server(LiveState(src, rec.labels, info, opts), opts)
+        state = LiveState(src, rec.labels, info, opts, [s.metrics for s in sinks if hasattr(s, "metrics")])
+        server = Server(state, opts)
         shown_host = f"[{opts.host}]" if ":" in opts.host else opts.host
         print(f"emo-edge: serving http://{shown_host}:{server.port}/", file=sys.stderr, flush=True)
         return [server]
