@@ -61,7 +61,7 @@ def parse_url(url: str) -> BrokerAddress:
     """``mqtt://[user[:password]@]host[:port][/prefix]`` or ``mqtts://...`` (TLS); the password is
     better given in EMO_MQTT_PASSWORD than in the URL."""
     u = urlsplit(url)
-    if u.scheme not in ("mqtt", "mqtts") or not u.hostname:
+    if u.scheme not in ("mqtt", "mqtts") or not u.hostname or u.fragment or u.query:
         raise EmoError(f"--mqtt {url}: give mqtt://[user@]host[:port][/prefix] or mqtts://... for TLS")
     try:
         port = u.port or (8883 if u.scheme == "mqtts" else 1883)
