@@ -86,8 +86,9 @@ class VideoSource:
 
     def __init__(self, target, label: str, live: bool, width: int = 0, height: int = 0, fps: float = 0,
                  reconnect: int = 10, opener: Optional[Callable[[], "cv2.VideoCapture"]] = None,
-                 stop: Optional[StopFlag] = None, timeout: float = DEFAULT_TIMEOUT):
+                 stop: Optional[StopFlag] = None, timeout: float = DEFAULT_TIMEOUT, stride: int = 1):
         self.target, self.label, self.live = target, label, live
+        self.stride = max(1, int(stride))  # yield every stride-th frame; the others are only grabbed
         self.req = (width, height, fps)
         self.reconnect, self.timeout = reconnect, timeout
         self.stop = stop or StopFlag()
@@ -233,6 +234,13 @@ class VideoSource:
             ts = time.monotonic() - t0 if (self.live or not self.fps) else i / self.fps
             yield Frame(img, i, ts)
             i += 1
+            for _ in range(self.stride - 1):  # frame indices, and so timestamps, stay those of the source
+                try:
+                    if not self._blocking(self.cap.grab, "read"):
+                        break
+                except _Stopped:
+                    return
+                i += 1
 
     def release(self) -> None:
         cap, self.cap = self.cap, None

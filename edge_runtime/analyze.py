@@ -1,0 +1,687 @@
+"""`emo-edge analyze`: per-video tables, per-track summaries and a timeline plot, for recordings.
+
+:func:`analyze_video` is the whole job for one video (the Python API): it runs the one frame loop
+(:func:`emo.edge_runtime.pipeline.run`) with three sinks, a CSV writer that streams rows to disk,
+per-track running sums, and a progress counter, then writes ``tracks.csv``, ``timeline.png`` and
+``summary.json`` from what those sinks kept. Memory does not grow with the video's length.
+:func:`analyze_batch` maps it over many videos, in worker processes when asked, with progress
+bars, one line per video, and resume: a video whose outputs are complete and were made with the
+same parameters is skipped.
+
+Every output is written under a temporary name and renamed when complete; ``summary.json`` is
+written last and is the mark of a finished video (it is removed first when a video is redone).
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import cv2
+import numpy as np
+
+from . import __version__
+from .errors import EmoError
+from .files import (VIDEO_EXTS, atomic_output, atomic_write_bytes, atomic_write_text, check_file, check_writable_dir,
+                    is_dir, shown)
+from .labels import LABELS
+from .stopping import StopFlag
+
+FRAME_COLUMNS = ("timestamp", "frame", "track", "box_x", "box_y", "box_w", "box_h", *LABELS, "emotion")
+TRACK_COLUMNS = ("track", "first_seen", "last_seen", "seconds", "frames", "merged_from",
+                 *(f"mean_{e}" for e in LABELS), *(f"peak_{e}" for e in LABELS), "dominant")
+OUTPUTS = ("frames.csv", "tracks.csv", "timeline.png")
+SUMMARY = "summary.json"
+
+# Exit status of `emo-edge analyze` (README: Analyse recordings).
+EXIT_ALL, EXIT_SOME, EXIT_USAGE, EXIT_NONE = 0, 1, 2, 3
+
+TRACK_RULE = ("tracks of one face split by a short loss are merged: a track that starts at most merge_gap seconds "
+              "after another ended, with its first box centre within one face width of that track's last box, "
+              "continues it; then tracks on screen for less than min_track_seconds (frames x stride / fps) are "
+              "dropped from tracks.csv and timeline.png (their rows stay in frames.csv)")
+
+
+@dataclass
+class AnalyzeOptions:
+    """What shapes an analysis (see ``emo-edge analyze --help``). ``threads`` and ``spin`` only
+    change the speed, so a rerun with other values still counts as the same analysis."""
+
+    model: Optional[Path] = None
+    detector: str = "haar"
+    detector_model: Optional[Path] = None
+    detect_every: int = 1
+    detect_size: Optional[int] = None
+    smooth: float = 0.0
+    stride: int = 1
+    min_track_seconds: float = 0.5
+    merge_gap: float = 1.0
+    timeline_tracks: int = 4
+    parquet: bool = False
+    threads: int = 1
+    spin: bool = True
+
+    def check(self) -> None:
+        """Raise EmoError for values no analysis can use (the CLI's own checks cover most)."""
+        if self.stride < 1 or self.detect_every < 1 or self.timeline_tracks < 1:
+            raise EmoError("--stride, --detect-every and --timeline-tracks must be at least 1")
+        if self.min_track_seconds < 0 or self.merge_gap < 0:
+            raise EmoError("--min-track-seconds and --merge-gap must be 0 or more")
+        if self.parquet:
+            try:
+                import pyarrow  # noqa: F401
+            except ImportError:
+                raise EmoError("--parquet needs pyarrow, which is not installed; pip install pyarrow "
+                               "(or leave --parquet off: frames.csv has the same table)") from None
+
+    def parameters(self) -> dict:
+        """The options that decide the outputs, with the model files by content: the resume key."""
+        from .classifier import default_model_path
+
+        model = Path(self.model) if self.model else default_model_path()
+        p = {k: v for k, v in asdict(self).items() if k not in ("threads", "spin", "model", "detector_model")}
+        p["model_sha256"] = _sha256(check_file(model, "model"))
+        p["detector_model_sha256"] = _sha256(check_file(self.detector_model, "detector model")) if self.detector_model else None
+        return p
+
+
+@dataclass
+class VideoResult:
+    """What happened to one video: ``status`` is done, skipped (complete already), failed or stopped."""
+
+    video: str
+    out: str
+    status: str
+    message: str = ""
+    frames: int = 0  # frames processed (every stride-th)
+    rows: int = 0
+    tracks: int = 0
+    seconds: float = 0.0  # wall time
+    video_seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("done", "skipped")
+
+    @property
+    def realtime(self) -> float:
+        return self.video_seconds / self.seconds if self.seconds > 0 else 0.0
+
+
+# --- sinks of the frame loop ---------------------------------------------------------------------
+
+class CsvRows:
+    """Streams one row per face per frame to an open CSV file (track ids as the tracker gave them)."""
+
+    def __init__(self, fh, labels: Sequence[str]):
+        self.fh, self.labels, self.rows = fh, labels, 0
+        self.writer = csv.writer(fh, lineterminator="\n")
+        self.writer.writerow(FRAME_COLUMNS)
+
+    def write(self, result) -> None:
+        ts = f"{result.frame.timestamp:.4f}"
+        for f in result.faces:
+            self.writer.writerow([ts, result.frame.index, f.track, *f.box, *(f"{f.scores[e]:.2f}" for e in self.labels), f.emotion])
+            self.rows += 1
+
+    def close(self) -> None:
+        self.fh.flush()
+
+
+@dataclass
+class TrackStats:
+    """Running summary of one track: what tracks.csv needs, nothing per frame."""
+
+    id: int
+    first: float
+    last: float
+    first_box: tuple
+    last_box: tuple
+    frames: int = 0
+    sums: np.ndarray = field(default_factory=lambda: np.zeros(len(LABELS)))
+    peaks: np.ndarray = field(default_factory=lambda: np.zeros(len(LABELS)))
+    merged_from: list = field(default_factory=list)
+
+    def add(self, t: float, box: tuple, scores: np.ndarray) -> None:
+        self.last, self.last_box = t, box
+        self.frames += 1
+        self.sums += scores
+        np.maximum(self.peaks, scores, out=self.peaks)
+
+    def absorb(self, other: "TrackStats") -> None:
+        self.last, self.last_box = other.last, other.last_box
+        self.frames += other.frames
+        self.sums += other.sums
+        np.maximum(self.peaks, other.peaks, out=self.peaks)
+        self.merged_from += [other.id, *other.merged_from]
+
+    @property
+    def means(self) -> np.ndarray:
+        return self.sums / max(1, self.frames)
+
+
+class TrackSums:
+    """A sink keeping a :class:`TrackStats` per track id."""
+
+    def __init__(self, labels: Sequence[str]):
+        self.labels, self.tracks = labels, {}
+        self.with_faces, self.last_index = 0, -1
+
+    def write(self, result) -> None:
+        t = result.frame.timestamp
+        self.last_index = result.frame.index
+        self.with_faces += bool(result.faces)
+        for f in result.faces:
+            s = self.tracks.get(f.track)
+            if s is None:
+                s = self.tracks[f.track] = TrackStats(f.track, t, t, f.box, f.box)
+            s.add(t, f.box, np.array([f.scores[e] for e in self.labels]))
+
+    def close(self) -> None:
+        pass
+
+
+class ProgressSink:
+    """Calls ``report(frames_read, frames_total)`` at most ``hz`` times a second, and at the end."""
+
+    def __init__(self, report: Callable[[int, int], None], total: int, hz: float = 5.0):
+        self.report, self.total, self.period = report, total, 1.0 / hz
+        self._next, self.done = 0.0, 0
+
+    def write(self, result) -> None:
+        self.done = result.frame.index + 1
+        now = time.monotonic()
+        if now >= self._next:
+            self._next = now + self.period
+            self.report(self.done, self.total)
+
+    def close(self) -> None:
+        self.report(self.done, self.total)
+
+
+# --- the rule for short and split tracks ---------------------------------------------------------
+
+def consolidate(tracks: Sequence[TrackStats], step: float, min_seconds: float, merge_gap: float
+                ) -> tuple[list[TrackStats], dict[int, int], list[TrackStats]]:
+    """Apply :data:`TRACK_RULE`: (kept tracks, raw id -> kept id for merged tracks, dropped tracks).
+    ``step`` is the seconds one processed frame stands for (stride / fps)."""
+    final: list[TrackStats] = []
+    merged: dict[int, int] = {}
+    for b in sorted(tracks, key=lambda s: (s.first, s.id)):
+        best = None
+        for a in final:
+            gap = b.first - a.last
+            if 0 < gap <= merge_gap + 1e-9 and _near(a.last_box, b.first_box) and (best is None or gap < best[0]):
+                best = (gap, a)
+        if best is None:
+            final.append(TrackStats(b.id, b.first, b.last, b.first_box, b.last_box, b.frames, b.sums.copy(), b.peaks.copy()))
+        else:
+            best[1].absorb(b)
+            merged[b.id] = best[1].id
+    kept = [s for s in final if s.frames * step >= min_seconds - 1e-9]
+    dropped = [s for s in final if s.frames * step < min_seconds - 1e-9]
+    return kept, merged, dropped
+
+
+def _near(a: tuple, b: tuple) -> bool:
+    ca = np.array([a[0] + a[2] / 2, a[1] + a[3] / 2])
+    cb = np.array([b[0] + b[2] / 2, b[1] + b[3] / 2])
+    return float(np.linalg.norm(ca - cb)) <= max(a[2], b[2])
+
+
+# --- one video -----------------------------------------------------------------------------------
+
+def analyze_video(video, out_dir, options: Optional[AnalyzeOptions] = None, force: bool = False,
+                  stop: Optional[StopFlag] = None, progress: Optional[Callable[[int, int], None]] = None,
+                  parameters: Optional[dict] = None) -> VideoResult:
+    """Analyse one video file into ``out_dir`` (frames.csv, tracks.csv, timeline.png, summary.json).
+
+    Returns a :class:`VideoResult` (``status`` done, skipped or stopped); raises EmoError when
+    the video cannot be read or the outputs cannot be written. ``progress(read, total)`` is
+    called a few times a second; ``stop`` (a StopFlag) ends the run early, leaving no new
+    outputs. ``parameters`` is ``options.parameters()``, when the caller already has it."""
+    o = options or AnalyzeOptions()
+    o.check()
+    path = check_file(video, "video")
+    out = Path(out_dir)
+    params = parameters or o.parameters()
+    ident = _identity(path)
+    if not force and _complete(out, params, ident):
+        return VideoResult(shown(path), shown(out), "skipped", "complete, same parameters")
+    _claim(out, ident, force)
+    try:
+        return _analyze(path, out, o, params, ident, stop or StopFlag(), progress)
+    except BaseException:
+        try:
+            out.rmdir()  # only when empty: nothing of a failed first attempt is left behind
+        except OSError:
+            pass
+        raise
+
+
+def _analyze(path: Path, out: Path, o: AnalyzeOptions, params: dict, ident: dict, stop: StopFlag, progress) -> VideoResult:
+    from .pipeline import run
+    from .recognizer import Recognizer
+    from .runner import usable_threads
+    from .sources import VideoSource
+
+    t0, label = time.monotonic(), shown(path)
+    src = VideoSource(path, label, False, stop=stop, stride=o.stride)
+    try:
+        if not src.fps:
+            raise EmoError(f"{label} does not say its frame rate, so its frames cannot be given timestamps; re-mux it "
+                           "(ffmpeg -i IN -c copy OUT.mp4)")
+        total = int(src.cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        rec = Recognizer(model=o.model, detector=o.detector, detector_model=str(o.detector_model) if o.detector_model else None,
+                         threads=usable_threads(o.threads), spin=o.spin, detect_every=o.detect_every, smooth=o.smooth,
+                         detect_max_side=o.detect_size)
+    except BaseException:
+        src.close()
+        raise
+    raw = out / f".emo-raw-{os.getpid()}.csv"  # rows as the tracker numbered them; frames.csv is made from it
+    try:
+        with open(raw, "w", newline="", encoding="utf-8") as fh:
+            rows, sums = CsvRows(fh, rec.labels), TrackSums(rec.labels)
+            summary = run(src, label, rec, [rows, sums] + ([ProgressSink(progress, total)] if progress else []), stop=stop)
+        if summary.stopped_by:
+            return VideoResult(label, shown(out), "stopped", f"stopped by {summary.stopped_by}", summary.frames)
+        step = o.stride / src.fps  # the seconds one processed frame stands for
+        duration = max(total, sums.last_index + 1) / src.fps  # the whole video, not only up to the last frame processed
+        kept, merged, dropped = consolidate(list(sums.tracks.values()), step, o.min_track_seconds, o.merge_gap)
+        in_timeline = sorted(sorted(kept, key=lambda s: -s.frames)[: o.timeline_tracks], key=lambda s: s.first)
+        binner = _final_frames(raw, out / "frames.csv", merged, in_timeline, duration, step, len(rec.labels))
+    finally:
+        try:
+            os.unlink(raw)
+        except OSError:
+            pass
+    _write_tracks(out / "tracks.csv", kept, step, rec.labels)
+    _write_timeline(out / "timeline.png", in_timeline, binner, step, rec.labels, duration, label, len(kept))
+    if o.parquet:
+        _write_parquet(out / "frames.csv", out / "frames.parquet")
+    seconds = time.monotonic() - t0
+    result = VideoResult(label, shown(out), "done", "", summary.frames, rows.rows, len(kept), seconds, duration)
+    if merged or dropped:
+        result.message = f"{len(merged)} track(s) merged into others, {len(dropped)} short track(s) dropped (see {SUMMARY})"
+    doc = {
+        "emo": __version__,
+        "video": {**ident, "fps": src.fps, "size": list(src.size) if src.size else None, "frames_reported": total},
+        "parameters": params,
+        "model": {"path": shown(rec.classifier.path), "arch": rec.classifier.meta.arch, "precision": rec.classifier.meta.precision},
+        "detector": {"name": o.detector, "model": shown(o.detector_model) if o.detector_model else None,
+                     "detect_every": o.detect_every, "detect_size": o.detect_size},
+        "frames": {"read": sums.last_index + 1, "processed": summary.frames, "with_faces": sums.with_faces, "rows": rows.rows},
+        "tracks": {"rule": TRACK_RULE, "raw": len(sums.tracks), "kept": len(kept), "in_timeline": [s.id for s in in_timeline],
+                   "merged": {str(k): v for k, v in sorted(merged.items())},
+                   "dropped": [{"track": s.id, "frames": s.frames, "seconds": round(s.frames * step, 3)} for s in dropped]},
+        "timing": {"seconds": round(seconds, 3), "video_seconds": round(duration, 3), "realtime_factor": round(result.realtime, 2),
+                   "frames_per_second": round(summary.frames / seconds, 2) if seconds else 0.0, "threads": o.threads,
+                   "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+        "outputs": {n: os.stat(out / n).st_size for n in (*OUTPUTS, *(("frames.parquet",) if o.parquet else ()))},
+    }
+    atomic_write_text(out / SUMMARY, json.dumps(doc, indent=2))  # last: the mark of a complete analysis
+    return result
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _identity(path: Path) -> dict:
+    st = os.stat(path)
+    return {"path": shown(os.path.abspath(path)), "name": shown(path.name), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _read_summary(out: Path) -> Optional[dict]:
+    try:
+        with open(out / SUMMARY, encoding="utf-8") as fh:
+            doc = json.load(fh)
+        return doc if isinstance(doc, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def _complete(out: Path, params: dict, ident: dict) -> bool:
+    """Whether ``out`` holds a finished analysis of this very file with these parameters."""
+    doc = _read_summary(out)
+    if doc is None or doc.get("parameters") != params or doc.get("video", {}).get("path") != ident["path"]:
+        return False
+    if any(doc["video"].get(k) != ident[k] for k in ("bytes", "mtime_ns")):
+        return False
+    try:
+        return all(os.stat(out / n).st_size == size for n, size in doc.get("outputs", {}).items()) and bool(doc.get("outputs"))
+    except OSError:
+        return False
+
+
+def _claim(out: Path, ident: dict, force: bool) -> None:
+    """Make ``out`` ready for a new analysis: refuse to replace another video's analysis unless
+    forced; remove the old summary first, so a half-redone folder never looks complete."""
+    check_writable_dir(out, "--out")
+    doc = _read_summary(out)
+    if doc is not None and not force and doc.get("video", {}).get("path") not in (None, ident["path"]):
+        raise EmoError(f"{shown(out)} holds the analysis of another video ({doc['video']['path']}); use another --out, "
+                       "or --force to replace it")
+    try:
+        os.unlink(out / SUMMARY)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        raise EmoError(f"cannot replace {shown(out / SUMMARY)}: {e.strerror}") from None
+
+
+def _final_frames(raw: Path, dest: Path, merged: dict, shown_tracks: list, duration: float, step: float, n_labels: int):
+    """Copy the streamed rows into frames.csv with merged tracks renumbered, binning the
+    timeline's curves on the way (one pass, constant memory)."""
+    from .timeline import Binner
+
+    binner = Binner([s.id for s in shown_tracks], duration, n_labels, step)
+    score_cols = slice(7, 7 + n_labels)
+    with atomic_output(dest) as tmp:
+        with open(raw, newline="", encoding="utf-8") as src, open(tmp, "w", newline="", encoding="utf-8") as dst:
+            reader, writer = csv.reader(src), csv.writer(dst, lineterminator="\n")
+            writer.writerow(next(reader))
+            for row in reader:
+                track = merged.get(int(row[2]), int(row[2]))
+                row[2] = str(track)
+                writer.writerow(row)
+                binner.add(track, float(row[0]), [float(v) for v in row[score_cols]])
+            dst.flush()
+            os.fsync(dst.fileno())
+    return binner
+
+
+def _write_tracks(dest: Path, kept: list, step: float, labels: Sequence[str]) -> None:
+    with atomic_output(dest) as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+            w = csv.writer(fh, lineterminator="\n")
+            w.writerow(TRACK_COLUMNS)
+            for s in sorted(kept, key=lambda s: (s.first, s.id)):
+                w.writerow([s.id, f"{s.first:.4f}", f"{s.last:.4f}", f"{s.frames * step:.4f}", s.frames,
+                            " ".join(map(str, sorted(s.merged_from))), *(f"{v:.2f}" for v in s.means),
+                            *(f"{v:.2f}" for v in s.peaks), labels[int(np.argmax(s.means))]])
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+def _write_timeline(dest: Path, shown_tracks: list, binner, step: float, labels: Sequence[str], duration: float,
+                    label: str, kept: int) -> None:
+    from .timeline import Panel, render
+
+    panels = [Panel(f"track {s.id}: {s.frames * step:.1f} s on screen ({s.first:.1f}-{s.last:.1f} s), mostly "
+                    f"{labels[int(np.argmax(s.means))]} ({s.means.max():.0f}% on average)", binner.means(s.id), binner.join)
+              for s in shown_tracks]
+    more = f", the {len(shown_tracks)} longest shown" if kept > len(shown_tracks) else ""
+    img = render(panels, labels, duration, f"{Path(label).name}: emotion scores over time, {kept} track(s){more}")
+    ok, buf = cv2.imencode(".png", img)
+    if not ok:
+        raise EmoError(f"cannot encode {shown(dest)}")
+    atomic_write_bytes(dest, buf.tobytes())
+
+
+def _write_parquet(csv_path: Path, dest: Path) -> None:
+    """frames.csv as Parquet, converted in blocks (pyarrow's streaming CSV reader)."""
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    with atomic_output(dest) as tmp:
+        reader = pacsv.open_csv(str(csv_path))
+        with pq.ParquetWriter(str(tmp), reader.schema) as writer:
+            for batch in reader:
+                writer.write_batch(batch)
+
+
+# --- many videos ---------------------------------------------------------------------------------
+
+@dataclass
+class Job:
+    video: Path
+    out: Path
+    frames: int  # as the container reports it (0 when unknown); for the progress bars
+
+
+def find_videos(inputs: Sequence[str]) -> list[Path]:
+    """Video files named, or found (not recursively) in folders named, each once, in order."""
+    videos, seen = [], set()
+    for arg in inputs:
+        if is_dir(arg):
+            try:
+                found = sorted(p for p in Path(arg).iterdir() if p.suffix.lower() in VIDEO_EXTS and p.is_file())
+            except OSError as e:
+                raise EmoError(f"cannot list folder {shown(arg)}: {e.strerror}") from None
+            if not found:
+                raise EmoError(f"folder {shown(arg)} holds no videos ({', '.join(sorted(VIDEO_EXTS))})")
+        else:
+            found = [check_file(arg, "video")]
+        for p in found:
+            key = os.path.realpath(p)
+            if key not in seen:
+                seen.add(key)
+                videos.append(p)
+    if not videos:
+        raise EmoError("no videos given")
+    return videos
+
+
+def plan(videos: Sequence[Path], out: Path) -> list[Job]:
+    """One output folder per video, named after the file without its extension; names that
+    repeat in one batch get -2, -3, ... in input order."""
+    jobs, used = [], set()
+    for v in videos:
+        name, n = v.stem or v.name, 2
+        while name.lower() in used:
+            name, n = f"{v.stem}-{n}", n + 1
+        used.add(name.lower())
+        jobs.append(Job(v, out / name, _frame_count(v)))
+    return jobs
+
+
+def _frame_count(path: Path) -> int:
+    from .files import opencv_name
+
+    with opencv_name(path) as name:
+        cap = cv2.VideoCapture(name)
+        try:
+            return int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0) if cap.isOpened() else 0
+        finally:
+            cap.release()
+
+
+def exit_status(results: Sequence[VideoResult], stop: Optional[StopFlag] = None) -> int:
+    """0 all videos done or already complete, 1 some failed, 3 none succeeded; 130/143 when a
+    signal stopped the batch (a rerun resumes it)."""
+    if stop is not None and stop.reason:
+        return stop.exit_code or 1
+    ok = sum(r.ok for r in results)
+    return EXIT_ALL if ok == len(results) else EXIT_NONE if ok == 0 else EXIT_SOME
+
+
+def analyze_batch(inputs: Sequence[str], out, options: Optional[AnalyzeOptions] = None, workers: int = 1,
+                  force: bool = False, progress: Optional[bool] = None) -> int:
+    """What `emo-edge analyze` does: every video of ``inputs`` into ``out/<name>/``; one line per
+    video on stderr, progress bars on a terminal; returns the exit status (:func:`exit_status`)."""
+    o = options or AnalyzeOptions()
+    o.check()
+    if workers < 1:
+        raise EmoError("--workers must be at least 1")
+    out = check_writable_dir(out, "--out")
+    jobs = plan(find_videos(inputs), out)
+    params = o.parameters()
+    show = _Display(jobs, sys.stderr.isatty() if progress is None else progress)
+    stop = StopFlag().install()
+    results: dict[int, VideoResult] = {}
+    try:
+        with show:
+            if workers == 1 or len(jobs) == 1:
+                for i, job in enumerate(jobs):
+                    if stop.reason:
+                        break
+                    show.started(i)
+                    results[i] = _run_job(job, o, params, force, stop, lambda d, t, i=i: show.advance(i, d, t))
+                    show.finished(i, results[i])
+            else:
+                _run_pool(jobs, o, params, force, workers, stop, show, results)
+    finally:
+        stop.restore()
+    return _report(jobs, results, out, stop)
+
+
+def _run_job(job: Job, o: AnalyzeOptions, params: dict, force: bool, stop: StopFlag, progress) -> VideoResult:
+    """analyze_video, with every failure turned into a failed result (the batch goes on)."""
+    t0 = time.monotonic()
+    try:
+        return analyze_video(job.video, job.out, o, force, stop, progress, params)
+    except EmoError as e:
+        msg = str(e)
+    except MemoryError:
+        msg = "out of memory"
+    except Exception as e:  # noqa: BLE001 - one bad video must not end the batch; the type is named
+        msg = f"unexpected {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+    return VideoResult(shown(job.video), shown(job.out), "failed", msg, seconds=time.monotonic() - t0)
+
+
+# Worker processes: they ignore SIGINT (a Ctrl-C reaches the whole process group) and stop when
+# the parent sets the shared event, so a batch always stops the same way, from one place.
+_worker_state: dict = {}
+
+
+def _init_worker(queue, cancel) -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    cv2.setNumThreads(1)  # one worker per core: OpenCV's own threads would only compete
+    _worker_state.update(queue=queue, cancel=cancel)
+
+
+def _worker(i: int, job: Job, o: AnalyzeOptions, params: dict, force: bool) -> VideoResult:
+    queue, cancel = _worker_state["queue"], _worker_state["cancel"]
+    stop = StopFlag()
+
+    def progress(done: int, total: int) -> None:  # called a few times a second from the frame loop
+        if cancel.is_set():
+            stop.set("SIGINT")
+        queue.put((i, done, total))
+
+    queue.put((i, -1, job.frames))
+    if cancel.is_set():
+        return VideoResult(shown(job.video), shown(job.out), "stopped", "not started")
+    return _run_job(job, o, params, force, stop, progress)
+
+
+def _run_pool(jobs: list[Job], o: AnalyzeOptions, params: dict, force: bool, workers: int, stop: StopFlag,
+              show: "_Display", results: dict) -> None:
+    import multiprocessing as mp
+    import queue as queue_mod
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    ctx = mp.get_context("spawn")  # a fresh interpreter: no onnxruntime or OpenCV threads inherited
+    q, cancel = ctx.Queue(), ctx.Event()
+    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=ctx, initializer=_init_worker, initargs=(q, cancel)) as pool:
+        futures = {pool.submit(_worker, i, job, o, params, force): i for i, job in enumerate(jobs)}
+        while futures:
+            if stop.reason and not cancel.is_set():
+                cancel.set()
+                for f in futures:
+                    f.cancel()
+            try:
+                while True:
+                    i, done, total = q.get(timeout=0.1)
+                    if done < 0:
+                        show.started(i)
+                    else:
+                        show.advance(i, done, total)
+            except queue_mod.Empty:
+                pass
+            for f in [f for f in futures if f.done()]:
+                i = futures.pop(f)
+                if f.cancelled():
+                    continue
+                try:
+                    results[i] = f.result()
+                except BrokenProcessPool:
+                    results[i] = VideoResult(shown(jobs[i].video), shown(jobs[i].out),
+                                             "stopped" if stop.reason else "failed", "the worker process died")
+                show.finished(i, results[i])
+
+
+def _report(jobs: list[Job], results: dict, out: Path, stop: StopFlag) -> int:
+    done = [r for r in results.values() if r.status == "done"]
+    skipped = [r for r in results.values() if r.status == "skipped"]
+    failed = [r for r in results.values() if r.status == "failed"]
+    parts = [f"{len(done)} analysed", f"{len(skipped)} already complete", f"{len(failed)} failed"]
+    if stop.reason:
+        left = len(jobs) - len(done) - len(skipped) - len(failed)
+        parts.append(f"{left} not finished: stopped by {stop.reason}; run the same command again to resume")
+    print(f"emo-edge: {len(jobs)} video(s) into {shown(out)}: " + ", ".join(parts), file=sys.stderr, flush=True)
+    return exit_status(list(results.values()), stop)
+
+
+class _Display:
+    """Progress bars (rich, on a terminal) and one line per finished video (always)."""
+
+    def __init__(self, jobs: list[Job], bars: bool):
+        self.jobs, self.tasks, self.progress = jobs, {}, None
+        if bars:
+            try:
+                from rich.console import Console
+                from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                           TimeRemainingColumn)
+            except ImportError:  # typer without rich: lines only
+                return
+            self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                     TextColumn("frames"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                                     console=Console(stderr=True), transient=True)
+            total = sum(j.frames for j in jobs) or None
+            self.overall = self.progress.add_task(f"all {len(jobs)} video(s)", total=total)
+            self._done: dict[int, int] = {}
+
+    def __enter__(self):
+        if self.progress is not None:
+            self.progress.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.progress is not None:
+            self.progress.stop()
+
+    def started(self, i: int) -> None:
+        if self.progress is not None and i not in self.tasks:
+            self.tasks[i] = self.progress.add_task(f"  {self.jobs[i].video.name[:40]}", total=self.jobs[i].frames or None)
+
+    def advance(self, i: int, done: int, total: int) -> None:
+        if self.progress is None:
+            return
+        self.started(i)
+        self.progress.update(self.tasks[i], completed=done, total=total or None)
+        self._done[i] = done
+        self.progress.update(self.overall, completed=sum(self._done.values()))
+
+    def finished(self, i: int, r: VideoResult) -> None:
+        if r.status == "done":
+            line = (f"done    {r.video} -> {r.out} ({r.frames} frames, {r.rows} rows, {r.tracks} track(s), {r.seconds:.1f} s, "
+                    f"{r.realtime:.1f}x real time)" + (f"; {r.message}" if r.message else ""))
+        elif r.status == "skipped":
+            line = f"skipped {r.video}: {r.out} is complete with the same parameters (--force redoes it)"
+        elif r.status == "failed":
+            line = f"FAILED  {r.video}: {r.message}"
+        else:
+            line = f"stopped {r.video}: {r.message}; nothing written, a rerun redoes it"
+        if self.progress is not None:
+            if i in self.tasks:
+                self.progress.remove_task(self.tasks.pop(i))
+            self._done[i] = self.jobs[i].frames
+            self.progress.update(self.overall, completed=sum(self._done.values()))
+            self.progress.console.print(f"emo-edge: {line}", markup=False, highlight=False)
+        else:
+            print(f"emo-edge: {line}", file=sys.stderr, flush=True)

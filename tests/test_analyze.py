@@ -1,0 +1,257 @@
+"""`emo-edge analyze` and emo.edge_runtime.analyze: per-frame rows against the frames written,
+--stride, track summaries against the rows, the timeline picture, a corrupt video in a batch,
+exit statuses, resume after SIGINT, and the track rule itself.
+
+Videos are made here with OpenCV: from the bundled astronaut photo (runs everywhere) and, with
+EMO_SHARED_DATA, from real photos of two people who enter and leave the frame."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import REPO, bin_path, make_video, run_cli
+from emo.edge_runtime.analyze import (EXIT_ALL, EXIT_NONE, EXIT_SOME, FRAME_COLUMNS, TRACK_COLUMNS, AnalyzeOptions, TrackStats,
+                                      analyze_video, consolidate)
+from emo.edge_runtime.bench import make_test_video
+from emo.edge_runtime.faces import HaarDetector
+from emo.edge_runtime.labels import LABELS
+from emo.edge_runtime.stopping import StopFlag
+from emo.edge_runtime.timeline import picture_size
+
+ASTRONAUT = REPO / "examples" / "astronaut.png"
+
+
+@pytest.fixture(scope="module")
+def astro(tmp_path_factory) -> Path:
+    """3 s of 640x480 at 10 fps: the astronaut's face drifting across the frame."""
+    return make_test_video(ASTRONAUT, tmp_path_factory.mktemp("astro") / "astro.avi", frames=30, fps=10.0)
+
+
+def analyze(*args, **kw) -> subprocess.CompletedProcess:
+    return run_cli("emo-edge", "analyze", *args, "--no-progress", **kw)
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def check_tracks_match_rows(out: Path) -> tuple[list[dict], list[dict], dict]:
+    """tracks.csv says what frames.csv holds: per kept track, frame count, first/last seen,
+    seconds, mean and peak of each score, dominant emotion."""
+    frames, tracks = read_csv(out / "frames.csv"), read_csv(out / "tracks.csv")
+    summary = json.loads((out / "summary.json").read_text())
+    step = summary["parameters"]["stride"] / summary["video"]["fps"]
+    assert list(read_csv(out / "frames.csv")[0].keys()) == list(FRAME_COLUMNS) if frames else True
+    for t in tracks:
+        rows = [r for r in frames if r["track"] == t["track"]]
+        assert int(t["frames"]) == len(rows) > 0
+        ts = [float(r["timestamp"]) for r in rows]
+        assert float(t["first_seen"]) == pytest.approx(min(ts), abs=1e-4)
+        assert float(t["last_seen"]) == pytest.approx(max(ts), abs=1e-4)
+        assert float(t["seconds"]) == pytest.approx(len(rows) * step, abs=1e-3)
+        scores = np.array([[float(r[e]) for e in LABELS] for r in rows])
+        for j, e in enumerate(LABELS):
+            assert float(t[f"mean_{e}"]) == pytest.approx(scores[:, j].mean(), abs=0.006)
+            assert float(t[f"peak_{e}"]) == pytest.approx(scores[:, j].max(), abs=0.006)
+        assert t["dominant"] == LABELS[int(np.argmax(scores.mean(0)))]
+    kept = {t["track"] for t in tracks}
+    dropped = {str(d["track"]) for d in summary["tracks"]["dropped"]}
+    assert kept | dropped == {r["track"] for r in frames}, "every row belongs to a kept or a reported dropped track"
+    return frames, tracks, summary
+
+
+def check_timeline(out: Path, panels: int) -> None:
+    img = cv2.imread(str(out / "timeline.png"))
+    assert img is not None, "timeline.png is a real PNG"
+    assert (img.shape[1], img.shape[0]) == picture_size(panels)
+    assert img.std() > 10, "something is drawn"
+
+
+def test_astronaut_clip_rows_tracks_timeline_and_rerun(astro, tmp_path):
+    r = analyze(astro, "--out", tmp_path)
+    assert r.returncode == EXIT_ALL, r.stderr
+    out = tmp_path / "astro"
+    assert "done    " in r.stderr and "1 analysed" in r.stderr and "Traceback" not in r.stderr
+    frames, tracks, summary = check_tracks_match_rows(out)
+    assert summary["frames"] == {"read": 30, "processed": 30, "with_faces": 30, "rows": len(frames)}
+    assert summary["video"]["fps"] == 10.0 and summary["video"]["frames_reported"] == 30
+    assert summary["model"]["arch"] and summary["detector"]["name"] == "haar"
+    assert summary["timing"]["seconds"] > 0 and summary["timing"]["video_seconds"] == 3.0
+    # one row per face per frame, every frame written has its rows, timestamps = frame / fps
+    assert sorted({int(r["frame"]) for r in frames}) == list(range(30))
+    for r in frames:
+        assert float(r["timestamp"]) == pytest.approx(int(r["frame"]) / 10.0, abs=1e-4)
+        assert sum(float(r[e]) for e in LABELS) == pytest.approx(100, abs=0.1)
+        assert r["emotion"] == max(LABELS, key=lambda e: float(r[e]))
+    assert len(tracks) == 1 and tracks[0]["dominant"] == "happy" and int(tracks[0]["frames"]) == 30
+    check_timeline(out, 1)
+    assert not [p for p in out.iterdir() if p.name.startswith(".emo-")], "no temporary files left"
+
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    r = analyze(astro, "--out", tmp_path, "--threads", "2")  # speed options do not change the analysis
+    assert r.returncode == EXIT_ALL and "skipped " in r.stderr and "1 already complete" in r.stderr
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+    r = analyze(astro, "--out", tmp_path, "--force")
+    assert r.returncode == EXIT_ALL and "done    " in r.stderr
+    assert (out / "summary.json").stat().st_mtime_ns > before["summary.json"]
+
+
+def test_stride_keeps_true_timestamps(astro, tmp_path):
+    r = analyze(astro, "--out", tmp_path, "--stride", "4")
+    assert r.returncode == 0, r.stderr
+    frames, tracks, summary = check_tracks_match_rows(tmp_path / "astro")
+    assert sorted({int(r["frame"]) for r in frames}) == list(range(0, 30, 4))
+    assert all(float(r["timestamp"]) == pytest.approx(int(r["frame"]) / 10.0, abs=1e-4) for r in frames)
+    assert summary["frames"]["processed"] == 8 and summary["frames"]["read"] == 29
+    assert float(tracks[0]["seconds"]) == pytest.approx(8 * 0.4)
+    # a different stride is a different analysis: a rerun without it redoes the video
+    r = analyze(astro, "--out", tmp_path)
+    assert "done    " in r.stderr and json.loads((tmp_path / "astro" / "summary.json").read_text())["frames"]["processed"] == 30
+
+
+def test_corrupt_video_in_a_batch_of_three_with_workers(astro, tmp_path):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    (videos / "a.avi").write_bytes(astro.read_bytes())
+    (videos / "b.avi").write_bytes(astro.read_bytes()[: len(astro.read_bytes()) // 2])  # cut off half way: still plays
+    (videos / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + os.urandom(3000))
+    r = analyze(videos, "--out", tmp_path / "out", "--workers", "2")
+    assert r.returncode == EXIT_SOME, r.stderr
+    failed = [line for line in r.stderr.splitlines() if "FAILED" in line]
+    assert len(failed) == 1 and "broken.mp4" in failed[0] and "Traceback" not in r.stderr
+    assert "2 analysed" in r.stderr and "1 failed" in r.stderr
+    for name in ("a", "b"):
+        check_tracks_match_rows(tmp_path / "out" / name)
+    assert not (tmp_path / "out" / "broken").exists(), "nothing is left for the failed video"
+
+
+def test_exit_status_none_and_usage_errors(tmp_path):
+    for name in ("x.mp4", "y.avi"):
+        (tmp_path / name).write_bytes(b"not a video at all")
+    r = analyze(tmp_path / "x.mp4", tmp_path / "y.avi", "--out", tmp_path / "out")
+    assert r.returncode == EXIT_NONE and r.stderr.count("FAILED") == 2 and "Traceback" not in r.stderr
+    for args in ([tmp_path / "missing.mp4", "--out", tmp_path / "o"],  # no such file: nothing is done
+                 [tmp_path / "x.mp4", "--out", tmp_path / "x.mp4"],  # --out is a file
+                 [tmp_path / "x.mp4", "--out", tmp_path / "o", "--stride", "0"]):
+        r = analyze(*args)
+        assert r.returncode == 2, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1 and "error:" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_parquet_only_when_asked_and_available(astro, tmp_path):
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        r = analyze(astro, "--out", tmp_path, "--parquet")
+        assert r.returncode == 2 and "pip install pyarrow" in r.stderr and not (tmp_path / "astro").exists()
+        return
+    r = analyze(astro, "--out", tmp_path, "--parquet")
+    assert r.returncode == 0
+    import pyarrow.parquet as pq
+
+    assert pq.read_table(tmp_path / "astro" / "frames.parquet").num_rows == len(read_csv(tmp_path / "astro" / "frames.csv"))
+
+
+def test_sigint_mid_batch_then_rerun_resumes(tmp_path):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    make_test_video(ASTRONAUT, videos / "v1.avi", frames=40, fps=10.0)
+    for name in ("v2.avi", "v3.avi"):
+        make_test_video(ASTRONAUT, videos / name, frames=400, fps=10.0)
+    out = tmp_path / "out"
+    p = subprocess.Popen([bin_path("emo-edge"), "analyze", str(videos), "--out", str(out), "--no-progress"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (out / "v1" / "summary.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # v2 is under way
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=30)
+    assert p.returncode == 130, err
+    assert "stopped by SIGINT" in err and "run the same command again" in err and "Traceback" not in err
+    assert (out / "v1" / "summary.json").exists()
+    assert not (out / "v2" / "summary.json").exists() and not (out / "v3").exists()
+    assert not list(out.rglob(".emo-*")), "no temporary files left"
+    v1 = (out / "v1" / "summary.json").stat().st_mtime_ns
+    r = analyze(videos, "--out", out, "--stride", "5")  # stride keeps the rerun short: v1 is redone too
+    assert r.returncode == 0 and r.stderr.count("done    ") == 3
+    r = analyze(videos, "--out", out, "--stride", "5")
+    assert r.returncode == 0 and r.stderr.count("skipped ") == 3
+    assert (out / "v1" / "summary.json").stat().st_mtime_ns != v1
+
+
+def test_python_api_and_stop(astro, tmp_path):
+    res = analyze_video(astro, tmp_path / "api", AnalyzeOptions(stride=2))
+    assert res.status == "done" and res.frames == 15 and res.tracks == 1 and res.video_seconds == 3.0
+    assert analyze_video(astro, tmp_path / "api", AnalyzeOptions(stride=2)).status == "skipped"
+    stop = StopFlag()
+    stop.set("SIGINT")
+    res = analyze_video(astro, tmp_path / "stopped", stop=stop)
+    assert res.status == "stopped" and not (tmp_path / "stopped" / "summary.json").exists()
+    other = tmp_path / "other.avi"
+    other.write_bytes(astro.read_bytes())
+    with pytest.raises(Exception, match="holds the analysis of another video"):
+        analyze_video(other, tmp_path / "api", AnalyzeOptions(stride=2))
+
+
+def ts(first, last, frames, box=(100, 100, 50, 50), last_box=None, tid=1):
+    s = TrackStats(tid, first, last, box, last_box or box, frames)
+    s.sums[:] = frames * 10.0
+    return s
+
+
+def test_track_rule_merges_split_tracks_and_drops_flicker():
+    step = 0.1
+    a = ts(0.0, 2.0, 20, tid=1)
+    b = ts(2.5, 4.0, 15, box=(110, 105, 50, 50), tid=2)  # same place, 0.5 s later: continues a
+    c = ts(2.6, 2.7, 2, box=(400, 300, 50, 50), tid=3)  # elsewhere, 0.2 s: flicker, dropped
+    d = ts(6.0, 7.0, 10, box=(105, 100, 50, 50), tid=4)  # same place but 2 s after: a new track
+    e = ts(1.0, 3.0, 20, box=(300, 100, 50, 50), tid=5)  # a second face at the same time as a
+    kept, merged, dropped = consolidate([a, b, c, d, e], step, min_seconds=0.5, merge_gap=1.0)
+    assert [s.id for s in kept] == [1, 5, 4] and merged == {2: 1} and [s.id for s in dropped] == [3]
+    assert kept[0].frames == 35 and kept[0].last == 4.0 and kept[0].merged_from == [2]
+    assert consolidate([a, b], step, 0.5, merge_gap=0)[1] == {}, "--merge-gap 0 merges nothing"
+
+
+def face_crop(photo: Path, face_px: int = 110) -> np.ndarray:
+    img = cv2.imread(str(photo))
+    x, y, w, h = max(HaarDetector(max_side=max(img.shape[:2])).detect(img), key=lambda b: b[2] * b[3])
+    cx, cy, r = x + w // 2, y + h // 2, int(1.5 * w)
+    crop = img[max(0, cy - r): cy + r, max(0, cx - r): cx + r]
+    s = face_px / h
+    return cv2.resize(crop, (int(crop.shape[1] * s), int(crop.shape[0] * s)), interpolation=cv2.INTER_AREA)
+
+
+def test_two_people_enter_and_leave(photos, tmp_path):
+    """obama from 0.5 s to 3.5 s on the left, biden from 2.0 s to 5.5 s on the right (10 fps, 6 s)."""
+    a, b = face_crop(photos / "obama.jpg"), face_crop(photos / "biden.jpg")
+    frames = []
+    for i in range(60):
+        c = np.full((480, 640, 3), 90, np.uint8)
+        if 5 <= i < 35:
+            c[60: 60 + a.shape[0], 20 + i: 20 + i + a.shape[1]] = a
+        if 20 <= i < 55:
+            c[80: 80 + b.shape[0], 600 - b.shape[1] - i: 600 - i] = b
+        frames.append(c)
+    video = make_video(tmp_path / "two people.avi", frames, fps=10.0)
+    r = analyze(video, "--out", tmp_path / "out", "--detect-every", "2")
+    assert r.returncode == 0, r.stderr
+    frame_rows, tracks, summary = check_tracks_match_rows(tmp_path / "out" / "two people")
+    assert len(tracks) == 2, tracks
+    first, second = tracks
+    assert float(first["first_seen"]) == pytest.approx(0.5, abs=0.25) and float(first["last_seen"]) == pytest.approx(3.4, abs=0.25)
+    assert float(second["first_seen"]) == pytest.approx(2.0, abs=0.25) and float(second["last_seen"]) == pytest.approx(5.4, abs=0.25)
+    both = {int(r["frame"]) for r in frame_rows if r["track"] == first["track"]} & {int(r["frame"]) for r in frame_rows if r["track"] == second["track"]}
+    assert both and min(both) >= 19 and max(both) <= 35, "both on screen only while both are there"
+    assert not [r for r in frame_rows if int(r["frame"]) < 4 or int(r["frame"]) > 55], "no faces before or after"
+    check_timeline(tmp_path / "out" / "two people", 2)
