@@ -77,15 +77,18 @@ class AnalyzeOptions:
             try:
                 import pyarrow  # noqa: F401
             except ImportError:
-                raise EmoError("--parquet needs pyarrow, which is not installed; pip install pyarrow "
-                               "(or leave --parquet off: frames.csv has the same table)") from None
+                raise EmoError('--parquet needs pyarrow, which is not installed: pip install "emo[parquet]" '
+                               "(or leave --parquet off: frames.csv holds the same table)") from None
 
     def parameters(self) -> dict:
-        """The options that decide the outputs, with the model files by content: the resume key."""
+        """The options that decide the outputs, with the model files by content and the detector
+        that ``auto`` stands for here: the resume key."""
         from .classifier import default_model_path
+        from .faces import make_detector
 
         model = Path(self.model) if self.model else default_model_path()
         p = {k: v for k, v in asdict(self).items() if k not in ("threads", "spin", "model", "detector_model")}
+        p["detector_used"] = make_detector(self.detector, self.detector_model, self.detect_size).name
         p["model_sha256"] = _sha256(check_file(model, "model"))
         p["detector_model_sha256"] = _sha256(check_file(self.detector_model, "detector model")) if self.detector_model else None
         return p
@@ -314,7 +317,7 @@ def _analyze(path: Path, out: Path, o: AnalyzeOptions, params: dict, ident: dict
         "video": {**ident, "fps": src.fps, "size": list(src.size) if src.size else None, "frames_reported": total},
         "parameters": params,
         "model": {"path": shown(rec.classifier.path), "arch": rec.classifier.meta.arch, "precision": rec.classifier.meta.precision},
-        "detector": {"name": o.detector, "model": shown(o.detector_model) if o.detector_model else None,
+        "detector": {"name": rec.face_detector.name, "asked": o.detector, "model": shown(o.detector_model) if o.detector_model else None,
                      "detect_every": o.detect_every, "detect_size": o.detect_size},
         "frames": {"read": sums.last_index + 1, "processed": summary.frames, "with_faces": sums.with_faces, "rows": rows.rows},
         "tracks": {"rule": TRACK_RULE, "raw": len(sums.tracks), "kept": len(kept), "in_timeline": [s.id for s in in_timeline],
