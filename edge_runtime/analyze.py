@@ -54,8 +54,9 @@ class AnalyzeOptions:
     change the speed, so a rerun with other values still counts as the same analysis."""
 
     model: Optional[Path] = None
-    detector: str = "haar"
+    detector: str = "auto"
     detector_model: Optional[Path] = None
+    align: bool = True
     detect_every: int = 1
     detect_size: Optional[int] = None
     smooth: float = 0.0
@@ -283,7 +284,7 @@ def _analyze(path: Path, out: Path, o: AnalyzeOptions, params: dict, ident: dict
         total = int(src.cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
         rec = Recognizer(model=o.model, detector=o.detector, detector_model=str(o.detector_model) if o.detector_model else None,
                          threads=usable_threads(o.threads), spin=o.spin, detect_every=o.detect_every, smooth=o.smooth,
-                         detect_max_side=o.detect_size)
+                         detect_max_side=o.detect_size, align=o.align)
     except BaseException:
         src.close()
         raise
@@ -318,7 +319,7 @@ def _analyze(path: Path, out: Path, o: AnalyzeOptions, params: dict, ident: dict
         "parameters": params,
         "model": {"path": shown(rec.classifier.path), "arch": rec.classifier.meta.arch, "precision": rec.classifier.meta.precision},
         "detector": {"name": rec.face_detector.name, "asked": o.detector, "model": shown(o.detector_model) if o.detector_model else None,
-                     "detect_every": o.detect_every, "detect_size": o.detect_size},
+                     "detect_every": o.detect_every, "detect_size": o.detect_size, "align": o.align},
         "frames": {"read": sums.last_index + 1, "processed": summary.frames, "with_faces": sums.with_faces, "rows": rows.rows},
         "tracks": {"rule": TRACK_RULE, "raw": len(sums.tracks), "kept": len(kept), "in_timeline": [s.id for s in in_timeline],
                    "merged": {str(k): v for k, v in sorted(merged.items())},

@@ -20,8 +20,9 @@ SOURCE_HELP = ("camera0 (V4L2 index) | /dev/video0 | picam0 (picamera2) | video 
 
 # The options infer and serve share (one definition; see runner.JobOptions).
 MODEL = typer.Option(None, "--model", "-m", help="emo ONNX model (default: the bundled int8 model).")
-DETECTOR = typer.Option("haar", help="Face detector: haar (built in) or yunet (needs --detector-model).")
-DETECTOR_MODEL = typer.Option(None, help="Path to face_detection_yunet.onnx for --detector yunet.")
+DETECTOR = typer.Option("auto", help="Face detector: auto (yunet when `emo-edge fetch yunet` has run, else haar), haar or yunet.")
+DETECTOR_MODEL = typer.Option(None, help="A YuNet .onnx file to use instead of the one `emo-edge fetch yunet` saves.")
+ALIGN = typer.Option(True, "--align/--no-align", help="Turn each face upright by its eye line before classifying (YuNet; Haar sees no eyes).")
 DETECT_EVERY = typer.Option(1, min=1, help="Run detection every N frames; track boxes in between.")
 DETECT_SIZE = typer.Option(None, help="Longest side of the frame the detector sees (haar: 320, yunet: 640).")
 SMOOTH = typer.Option(0.0, min=0.0, max=0.99, help="Score smoothing per track, 0 (off) to 0.99; 0.6 suits live video.")
@@ -45,7 +46,7 @@ HA_DISCOVERY = typer.Option(True, "--ha-discovery/--no-ha-discovery", help="MQTT
 def infer(
     source: str = typer.Argument(..., help=SOURCE_HELP),
     model: Optional[Path] = MODEL, detector: str = DETECTOR, detector_model: Optional[Path] = DETECTOR_MODEL,
-    detect_every: int = DETECT_EVERY, detect_size: Optional[int] = DETECT_SIZE, smooth: float = SMOOTH,
+    align: bool = ALIGN, detect_every: int = DETECT_EVERY, detect_size: Optional[int] = DETECT_SIZE, smooth: float = SMOOTH,
     threads: int = THREADS, spin: bool = SPIN, width: int = WIDTH, height: int = HEIGHT, fps: float = FPS,
     reconnect: int = RECONNECT, timeout: float = TIMEOUT, save: Optional[str] = SAVE, max_frames: int = MAX_FRAMES,
     duration: float = DURATION, mqtt: Optional[str] = MQTT, mqtt_interval: float = MQTT_INTERVAL,
@@ -72,7 +73,7 @@ def serve(
     jpeg_quality: int = typer.Option(75, min=10, max=100, help="JPEG quality of the stream and snapshot."),
     health_timeout: float = typer.Option(5.0, min=0.5, help="/healthz answers 503 after this many seconds without a frame."),
     model: Optional[Path] = MODEL, detector: str = DETECTOR, detector_model: Optional[Path] = DETECTOR_MODEL,
-    detect_every: int = DETECT_EVERY, detect_size: Optional[int] = DETECT_SIZE, smooth: float = SMOOTH,
+    align: bool = ALIGN, detect_every: int = DETECT_EVERY, detect_size: Optional[int] = DETECT_SIZE, smooth: float = SMOOTH,
     threads: int = THREADS, spin: bool = SPIN, width: int = WIDTH, height: int = HEIGHT, fps: float = FPS,
     reconnect: int = typer.Option(1_000_000, min=0, help="Camera/stream: reopen attempts after a drop-out (a service keeps trying)."),
     timeout: float = TIMEOUT, save: Optional[str] = SAVE, max_frames: int = MAX_FRAMES, duration: float = DURATION,
@@ -106,7 +107,7 @@ def analyze(
     timeline_tracks: int = typer.Option(4, min=1, help="timeline.png shows this many tracks, the longest on screen."),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bars (default: on a terminal)."),
     model: Optional[Path] = MODEL, detector: str = DETECTOR, detector_model: Optional[Path] = DETECTOR_MODEL,
-    detect_every: int = DETECT_EVERY, detect_size: Optional[int] = DETECT_SIZE, smooth: float = SMOOTH,
+    align: bool = ALIGN, detect_every: int = DETECT_EVERY, detect_size: Optional[int] = DETECT_SIZE, smooth: float = SMOOTH,
     threads: int = THREADS, spin: bool = SPIN,
 ) -> None:
     """Analyse recordings: per video a table per frame and per track, a timeline plot and a summary.
@@ -120,6 +121,50 @@ def analyze(
     code = analyze_batch(run["inputs"], run["out"], AnalyzeOptions(**params), run["workers"], run["force"], run["progress"])
     if code:
         raise typer.Exit(code)
+
+
+@app.command()
+def fetch(
+    name: str = typer.Argument(..., help="What to download: yunet (the YuNet face detector, 227 KiB)."),
+    url: Optional[str] = typer.Option(None, help="Download from this URL instead (a mirror)."),
+    sha256: Optional[str] = typer.Option(None, help="Expect this SHA-256 instead of the pinned one (another release)."),
+    timeout: float = typer.Option(30.0, min=1, help="Seconds to wait for the server."),
+) -> None:
+    """Download a model emo can use (the only download emo ever does) into the per-user cache."""
+    from .assets import fetch as fetch_asset
+    from .files import shown
+
+    path = fetch_asset(name, url, sha256, timeout)
+    print(f"emo-edge: saved {name} to {shown(path)} ({path.stat().st_size:,} bytes, SHA-256 checked); "
+          "--detector auto uses it from now on")
+
+
+@app.command()
+def models(as_json: bool = typer.Option(False, "--json", help="Print the list as JSON.")) -> None:
+    """The bundled emotion models and the downloadable ones (in the cache or not)."""
+    from .assets import ASSETS, cache_dir, cached
+    from .classifier import PACKAGE_MODELS, read_metadata, load_session
+
+    rows = []
+    for p in sorted(PACKAGE_MODELS.glob("*.onnx")):
+        m = read_metadata(load_session(p), p.name)
+        rows.append({"name": p.stem, "kind": "emotion model (bundled)", "path": str(p), "bytes": p.stat().st_size,
+                     "arch": m.arch, "precision": m.precision,
+                     "val_accuracy": m.metrics.get(f"val_accuracy_{m.precision}", m.metrics.get("val_accuracy"))})
+    for a in ASSETS.values():
+        p = cached(a.name)
+        rows.append({"name": a.name, "kind": a.what, "path": str(p or cache_dir() / a.file), "bytes": p.stat().st_size if p else None,
+                     "cached": p is not None})
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        if "cached" in r:
+            state = f"in the cache, {r['bytes']:,} bytes" if r["cached"] else f"not downloaded: emo-edge fetch {r['name']}"
+            print(f"{r['name']:<28} {state}\n{'':<28} {r['kind']}; {r['path']}")
+        else:
+            acc = f", PublicTest {r['val_accuracy']:.2%}" if isinstance(r["val_accuracy"], (int, float)) else ""
+            print(f"{r['name']:<28} {r['arch']} {r['precision']}, {r['bytes'] / 1024:.0f} KiB{acc}\n{'':<28} {r['path']}")
 
 
 SPLITS = ("train", "val", "test")
@@ -173,15 +218,21 @@ def info(
 
     from .classifier import Classifier
 
+    from .faces import auto_choice
+
     clf = Classifier(model)
+    kind, yunet = auto_choice()
+    detector_line = f"auto: yunet ({yunet})" if yunet else "auto: haar (for YuNet run `emo-edge fetch yunet`)"
     meta = asdict(clf.meta)
     meta["labels"] = list(clf.meta.labels)
     size = clf.path.stat().st_size
     if as_json:
-        print(json.dumps({"path": str(clf.path), "bytes": size, "metadata": meta}, indent=2))
+        print(json.dumps({"path": str(clf.path), "bytes": size, "detector": {"auto": kind, "yunet_model": str(yunet) if yunet else None},
+                          "metadata": meta}, indent=2))
         return
     m = clf.meta
     print(f"model      {clf.path} ({size / 1024:.1f} KiB)")
+    print(f"detector   {detector_line}")
     print(f"arch       {m.arch}  precision {m.precision}  output {m.output}")
     print(f"input      {m.input.channels}x{m.input.size}x{m.input.size} gray, (x/255 - {m.input.mean}) / {m.input.std}, crop margin {m.input.margin}")
     print(f"labels     {', '.join(m.labels)}")

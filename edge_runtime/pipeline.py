@@ -85,6 +85,8 @@ def run(source, label: str, rec: Recognizer, sinks: list, max_frames: int = 0, d
                 rec.reset()
             faces = rec.process(frame.image)
             record = frame_record(label, frame.index, frame.timestamp, faces, {"decode_ms": decode_ms, **rec.timings}, frame.name)
+            if summary.frames == 0:  # say once which detector runs (auto may pick either)
+                record["detector"] = rec.face_detector.name
             result = FrameResult(frame, faces, record, rec.labels)
             try:
                 for sink in sinks:

@@ -6,7 +6,9 @@ crop (replicating edge pixels where the box leaves the frame) -> resize to ``siz
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
+from typing import Optional, Sequence
 
 import cv2
 import numpy as np
@@ -16,6 +18,7 @@ import numpy as np
 # median image side is 1.02x the Haar box side, centred, so FER2013 crops are essentially Haar
 # boxes (tests/test_preprocess.py checks this on the real data).
 DEFAULT_MARGIN = 0.0
+MIN_ALIGN_DEGREES = 1.0  # a face tilted less than this is cut without rotating
 
 
 @dataclass(frozen=True)
@@ -58,16 +61,30 @@ def square_box(box: tuple[int, int, int, int], margin: float) -> tuple[int, int,
     return int(round(cx - s / 2.0)), int(round(cy - s / 2.0)), s
 
 
-def crop_face(gray: np.ndarray, box: tuple[int, int, int, int], spec: InputSpec) -> np.ndarray:
-    """Cut the square, margin-expanded face region out of a gray frame, resized to ``spec.size``."""
+def crop_face(gray: np.ndarray, box: tuple[int, int, int, int], spec: InputSpec, angle: float = 0.0) -> np.ndarray:
+    """Cut the square, margin-expanded face region out of a gray frame, resized to ``spec.size``.
+
+    ``angle`` (degrees, the tilt of the eye line as detectors report it) turns the face upright
+    about its centre before the cut; under a degree it is ignored, so the crop is the plain one."""
     x0, y0, s = square_box(box, spec.margin)
+    if abs(angle) < MIN_ALIGN_DEGREES:
+        return resize_square(_padded_square(gray, x0, y0, s), spec.size)
+    big = int(math.ceil(s * math.sqrt(2))) + 2  # holds the square at any angle
+    o = (big - s) // 2
+    patch = _padded_square(gray, x0 - o, y0 - o, big)
+    m = cv2.getRotationMatrix2D((o + s / 2.0, o + s / 2.0), angle, 1.0)
+    upright = cv2.warpAffine(patch, m, (big, big), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return resize_square(upright[o : o + s, o : o + s], spec.size)
+
+
+def _padded_square(gray: np.ndarray, x0: int, y0: int, s: int) -> np.ndarray:
+    """``gray[y0:y0+s, x0:x0+s]``, edge pixels replicated where the square leaves the frame."""
     h, w = gray.shape[:2]
     pad = max(0, -x0, -y0, x0 + s - w, y0 + s - h)
     if pad:
         gray = cv2.copyMakeBorder(gray, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
         x0, y0 = x0 + pad, y0 + pad
-    crop = gray[y0 : y0 + s, x0 : x0 + s]
-    return resize_square(crop, spec.size)
+    return gray[y0 : y0 + s, x0 : x0 + s]
 
 
 def resize_square(gray: np.ndarray, size: int) -> np.ndarray:
@@ -89,10 +106,11 @@ def normalize(crops: np.ndarray, spec: InputSpec) -> np.ndarray:
 
 
 def faces_to_tensor(
-    image: np.ndarray, boxes: list[tuple[int, int, int, int]], spec: InputSpec
+    image: np.ndarray, boxes: list[tuple[int, int, int, int]], spec: InputSpec, angles: Optional[Sequence[float]] = None
 ) -> np.ndarray:
-    """All faces of one frame -> one float32 batch ``(N, 1, size, size)``."""
+    """All faces of one frame -> one float32 batch ``(N, 1, size, size)``; ``angles`` turns each upright."""
     gray = to_gray(image)
     if not boxes:
         return np.zeros((0, spec.channels, spec.size, spec.size), np.float32)
-    return normalize(np.stack([crop_face(gray, b, spec) for b in boxes]), spec)
+    angles = angles if angles is not None else [0.0] * len(boxes)
+    return normalize(np.stack([crop_face(gray, b, spec, a) for b, a in zip(boxes, angles)]), spec)

@@ -53,13 +53,14 @@ class Recognizer:
     """
 
     model: str | os.PathLike | None = None
-    detector: str = "haar"
+    detector: str = "auto"  # YuNet when `emo-edge fetch yunet` put it in the cache (or detector_model), else Haar
     detector_model: str | None = None
     threads: int = 1
     spin: bool = True
     detect_every: int = 1
     smooth: float = 0.0
     detect_max_side: int | None = None
+    align: bool = True  # turn faces upright by their eye line, where the detector sees the eyes (YuNet)
     timings: dict = field(default_factory=dict, init=False)
 
     def __post_init__(self):
@@ -87,16 +88,17 @@ class Recognizer:
         gray = to_gray(frame)
         if self._n % max(1, self.detect_every) == 0:
             det = self.face_detector
-            boxes = det.detect(gray if det.wants_gray else frame)
+            found = det.detect_faces(gray if det.wants_gray else frame)
+            boxes, angles = [d.box for d in found], [d.angle if self.align else 0.0 for d in found]
         else:
-            boxes = self.tracker.live_boxes()
+            boxes, angles = self.tracker.live_boxes(), self.tracker.live_angles()
         self._n += 1
         t1 = time.perf_counter()
-        x = faces_to_tensor(gray, boxes, self.classifier.spec)
+        x = faces_to_tensor(gray, boxes, self.classifier.spec, angles)
         t2 = time.perf_counter()
         probs = self.classifier.predict(x)
         t3 = time.perf_counter()
-        tracks = self.tracker.update(boxes, probs)
+        tracks = self.tracker.update(boxes, probs, angles)
         faces = []
         for box, tr in zip(boxes, tracks):
             p = tr.scores

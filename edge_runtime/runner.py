@@ -26,8 +26,9 @@ class JobOptions:
 
     source: str
     model: Optional[Path] = None
-    detector: str = "haar"
+    detector: str = "auto"
     detector_model: Optional[Path] = None
+    align: bool = True
     detect_every: int = 1
     detect_size: Optional[int] = None
     smooth: float = 0.0
@@ -67,7 +68,7 @@ def run_job(o: JobOptions, extra_sinks: Optional[Callable[[object, Recognizer, S
         raise EmoError(f"--format must be one of {', '.join(FORMATS)}, not '{o.output}'")
     rec = Recognizer(model=o.model, detector=o.detector, detector_model=str(o.detector_model) if o.detector_model else None,
                      threads=usable_threads(o.threads), spin=o.spin, detect_every=o.detect_every, smooth=o.smooth,
-                     detect_max_side=o.detect_size)
+                     detect_max_side=o.detect_size, align=o.align)
     stop = StopFlag().install()
     saver = None
     try:

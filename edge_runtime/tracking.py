@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -14,6 +15,7 @@ class Track:
     box: tuple
     scores: np.ndarray
     missed: int = 0
+    angle: float = 0.0  # the face's tilt at its last detection (reused between detections)
 
 
 class IouTracker:
@@ -30,8 +32,10 @@ class IouTracker:
         self.tracks: list[Track] = []
         self._next = 1
 
-    def update(self, boxes: list, scores: np.ndarray) -> list[Track]:
-        """Match ``boxes`` (with their ``scores``) to tracks; returns the track of each box, in order."""
+    def update(self, boxes: list, scores: np.ndarray, angles: Optional[Sequence[float]] = None) -> list[Track]:
+        """Match ``boxes`` (with their ``scores`` and tilt ``angles``) to tracks; returns the track of
+        each box, in order."""
+        angles = angles if angles is not None else [0.0] * len(boxes)
         pairs = sorted(
             ((iou(t.box, b), ti, bi) for ti, t in enumerate(self.tracks) for bi, b in enumerate(boxes)),
             reverse=True,
@@ -44,7 +48,7 @@ class IouTracker:
             if ti in used or bi in assigned:
                 continue
             t = self.tracks[ti]
-            t.box, t.missed = tuple(boxes[bi]), 0
+            t.box, t.missed, t.angle = tuple(boxes[bi]), 0, angles[bi]
             t.scores = self.smooth * t.scores + (1 - self.smooth) * scores[bi]
             assigned[bi] = t
             used.add(ti)
@@ -53,7 +57,7 @@ class IouTracker:
                 t.missed += 1
         for bi, b in enumerate(boxes):
             if bi not in assigned:
-                t = Track(self._next, tuple(b), np.array(scores[bi], np.float32))
+                t = Track(self._next, tuple(b), np.array(scores[bi], np.float32), angle=angles[bi])
                 self._next += 1
                 self.tracks.append(t)
                 assigned[bi] = t
@@ -63,3 +67,7 @@ class IouTracker:
     def live_boxes(self) -> list[tuple]:
         """Boxes of the tracks seen in the last frame (used between detections)."""
         return [t.box for t in self.tracks if t.missed == 0]
+
+    def live_angles(self) -> list[float]:
+        """Tilts of the same tracks, in the same order as :meth:`live_boxes`."""
+        return [t.angle for t in self.tracks if t.missed == 0]

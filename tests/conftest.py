@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import cv2
@@ -17,6 +18,9 @@ from emo.edge_runtime.labels import LABELS
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = os.environ.get("EMO_SHARED_DATA", "")
+# `--detector auto` picks YuNet when the user's cache holds it: tests get an empty cache of their
+# own (inherited by every emo-edge they start), so they see the same detector on every machine.
+os.environ["EMO_CACHE_DIR"] = tempfile.mkdtemp(prefix="emo-test-cache-")
 FER = Path(SHARED) / "fer2013" if SHARED else None
 PHOTOS = Path(SHARED) / "photos" if SHARED else None
 YUNET = Path(SHARED).parent / "models" / "face_detection_yunet.onnx" if SHARED else None

@@ -291,7 +291,7 @@ def test_bad_inputs_get_one_line_errors(tmp_path):
         ([ASTRONAUT, "--model", _strip_metadata(DEFAULT_MODEL, tmp_path / "nometa.onnx")], "no emo metadata"),
         ([ASTRONAUT, "--model", _strip_metadata(DEFAULT_MODEL, tmp_path / "size.onnx", 64)], "does not match its metadata"),
         ([ASTRONAUT, "--model", tmp_path / "nope.onnx"], "does not exist"),
-        ([ASTRONAUT, "--detector", "yunet"], "needs --detector-model"),
+        ([ASTRONAUT, "--detector", "yunet"], "emo-edge fetch yunet"),
         ([ASTRONAUT, "--detector", "yunet", "--detector-model", tmp_path / "notes.txt"], "not a YuNet model"),
     ]
     for args, msg in cases:

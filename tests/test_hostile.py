@@ -466,7 +466,7 @@ def test_process_any_array(rec, shape, dtype):
 
 def test_option_values_are_checked(tmp_path, clip):
     user_error(run_cli("emo-edge", "infer", ASTRONAUT, "--detect-size", "1"), "--detect-size")
-    user_error(run_cli("emo-edge", "infer", ASTRONAUT, "--detector-model", DEFAULT_MODEL), "--detector-model")
+    user_error(run_cli("emo-edge", "infer", ASTRONAUT, "--detector", "haar", "--detector-model", DEFAULT_MODEL), "--detector-model")
     user_error(run_cli("emo-edge", "infer", ""), "empty")
     user_error(run_cli("emo-edge", "infer", ASTRONAUT, "--threads", "0"), "--threads")
     r = run_cli("emo-edge", "infer", ASTRONAUT, "--threads", "1000")
