@@ -17,6 +17,7 @@ import csv
 import hashlib
 import json
 import os
+import re
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -259,14 +260,16 @@ def analyze_video(video, out_dir, options: Optional[AnalyzeOptions] = None, forc
     if not force and _complete(out, params, ident):
         return VideoResult(shown(path), shown(out), "skipped", "complete, same parameters")
     _claim(out, ident, force)
+    result = None
     try:
-        return _analyze(path, out, o, params, ident, stop or StopFlag(), progress)
-    except BaseException:
-        try:
-            out.rmdir()  # only when empty: nothing of a failed first attempt is left behind
-        except OSError:
-            pass
-        raise
+        result = _analyze(path, out, o, params, ident, stop or StopFlag(), progress)
+        return result
+    finally:
+        if result is None or result.status != "done":
+            try:
+                out.rmdir()  # only when empty: nothing of a failed or stopped first attempt is left behind
+            except OSError:
+                pass
 
 
 def _analyze(path: Path, out: Path, o: AnalyzeOptions, params: dict, ident: dict, stop: StopFlag, progress) -> VideoResult:
@@ -382,6 +385,20 @@ def _claim(out: Path, ident: dict, force: bool) -> None:
         pass
     except OSError as e:
         raise EmoError(f"cannot replace {shown(out / SUMMARY)}: {e.strerror}") from None
+    for p in out.glob(".emo-*-*"):  # left by a run that was killed (-9, power cut): its process is gone
+        m = re.match(r"\.emo-(?:raw|tmp)-(\d+)", p.name)
+        if m and not _alive(int(m.group(1))):
+            p.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, owned by someone else
+    return True
 
 
 def _final_frames(raw: Path, dest: Path, merged: dict, shown_tracks: list, duration: float, step: float, n_labels: int):
@@ -686,6 +703,6 @@ class _Display:
                 self.progress.remove_task(self.tasks.pop(i))
             self._done[i] = self.jobs[i].frames
             self.progress.update(self.overall, completed=sum(self._done.values()))
-            self.progress.console.print(f"emo-edge: {line}", markup=False, highlight=False)
+            self.progress.console.print(f"emo-edge: {line}", markup=False, highlight=False, soft_wrap=True)
         else:
             print(f"emo-edge: {line}", file=sys.stderr, flush=True)

@@ -162,14 +162,21 @@ def test_parquet_only_when_asked_and_available(astro, tmp_path):
     assert pq.read_table(tmp_path / "astro" / "frames.parquet").num_rows == len(read_csv(tmp_path / "astro" / "frames.csv"))
 
 
-def test_sigint_mid_batch_then_rerun_resumes(tmp_path):
-    videos = tmp_path / "videos"
-    videos.mkdir()
+@pytest.fixture(scope="module")
+def batch(tmp_path_factory) -> Path:
+    """A short clip, then two of 40 s at 10 fps (--stride 5 makes 80 processed frames of each)."""
+    videos = tmp_path_factory.mktemp("batch")
     make_test_video(ASTRONAUT, videos / "v1.avi", frames=40, fps=10.0)
     for name in ("v2.avi", "v3.avi"):
         make_test_video(ASTRONAUT, videos / name, frames=400, fps=10.0)
+    return videos
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sigint_mid_batch_then_rerun_resumes(batch, tmp_path, workers):
     out = tmp_path / "out"
-    p = subprocess.Popen([bin_path("emo-edge"), "analyze", str(videos), "--out", str(out), "--no-progress"],
+    args = [batch, "--out", out, "--stride", 5, "--workers", workers]
+    p = subprocess.Popen([bin_path("emo-edge"), "analyze", *map(str, args), "--no-progress"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while not (out / "v1" / "summary.json").exists() and time.monotonic() < deadline:
@@ -180,14 +187,17 @@ def test_sigint_mid_batch_then_rerun_resumes(tmp_path):
     assert p.returncode == 130, err
     assert "stopped by SIGINT" in err and "run the same command again" in err and "Traceback" not in err
     assert (out / "v1" / "summary.json").exists()
-    assert not (out / "v2" / "summary.json").exists() and not (out / "v3").exists()
+    assert not (out / "v2").exists() and not (out / "v3").exists(), "stopped videos leave nothing"
     assert not list(out.rglob(".emo-*")), "no temporary files left"
-    v1 = (out / "v1" / "summary.json").stat().st_mtime_ns
-    r = analyze(videos, "--out", out, "--stride", "5")  # stride keeps the rerun short: v1 is redone too
-    assert r.returncode == 0 and r.stderr.count("done    ") == 3
-    r = analyze(videos, "--out", out, "--stride", "5")
-    assert r.returncode == 0 and r.stderr.count("skipped ") == 3
-    assert (out / "v1" / "summary.json").stat().st_mtime_ns != v1
+    v1 = {f.name: f.stat().st_mtime_ns for f in (out / "v1").iterdir()}
+    r = analyze(*args)
+    assert r.returncode == 0, r.stderr
+    lines = r.stderr.splitlines()
+    assert [line for line in lines if line.startswith("emo-edge: skipped") and "v1.avi" in line], r.stderr
+    assert len([line for line in lines if line.startswith("emo-edge: done")]) == 2, r.stderr
+    assert {f.name: f.stat().st_mtime_ns for f in (out / "v1").iterdir()} == v1, "the finished video was not redone"
+    for name in ("v1", "v2", "v3"):
+        check_tracks_match_rows(out / name)
 
 
 def test_python_api_and_stop(astro, tmp_path):
@@ -197,7 +207,12 @@ def test_python_api_and_stop(astro, tmp_path):
     stop = StopFlag()
     stop.set("SIGINT")
     res = analyze_video(astro, tmp_path / "stopped", stop=stop)
-    assert res.status == "stopped" and not (tmp_path / "stopped" / "summary.json").exists()
+    assert res.status == "stopped" and not (tmp_path / "stopped").exists()
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    stale = tmp_path / "api" / f".emo-raw-{gone.pid}.csv"  # left by a killed run
+    stale.write_text("timestamp\n")
+    assert analyze_video(astro, tmp_path / "api", AnalyzeOptions(stride=3)).status == "done" and not stale.exists()
     other = tmp_path / "other.avi"
     other.write_bytes(astro.read_bytes())
     with pytest.raises(Exception, match="holds the analysis of another video"):
