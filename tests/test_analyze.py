@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 
 from conftest import REPO, bin_path, make_video, run_cli
-from emo.edge_runtime.analyze import (EXIT_ALL, EXIT_NONE, EXIT_SOME, FRAME_COLUMNS, TRACK_COLUMNS, AnalyzeOptions, TrackStats,
-                                      analyze_video, consolidate)
+from emo.edge_runtime.analyze import FRAME_COLUMNS, TRACK_COLUMNS, AnalyzeOptions, TrackStats, analyze_video, consolidate
+from emo.edge_runtime.batch import EXIT_ALL, EXIT_NONE, EXIT_SOME
 from emo.edge_runtime.bench import make_test_video
 from emo.edge_runtime.faces import HaarDetector
 from emo.edge_runtime.labels import LABELS
@@ -51,7 +51,8 @@ def check_tracks_match_rows(out: Path) -> tuple[list[dict], list[dict], dict]:
     frames, tracks = read_csv(out / "frames.csv"), read_csv(out / "tracks.csv")
     summary = json.loads((out / "summary.json").read_text())
     step = summary["parameters"]["stride"] / summary["video"]["fps"]
-    assert list(read_csv(out / "frames.csv")[0].keys()) == list(FRAME_COLUMNS) if frames else True
+    for name, columns in (("frames.csv", FRAME_COLUMNS), ("tracks.csv", TRACK_COLUMNS)):
+        assert (out / name).read_text().splitlines()[0].split(",") == list(columns)
     for t in tracks:
         rows = [r for r in frames if r["track"] == t["track"]]
         assert int(t["frames"]) == len(rows) > 0
