@@ -31,12 +31,19 @@ from .files import atomic_output, atomic_write_bytes, atomic_write_text, check_f
 from .labels import LABELS
 from .stopping import StopFlag
 
-FRAME_COLUMNS = ("timestamp", "frame", "track", "box_x", "box_y", "box_w", "box_h", *LABELS, "emotion")
-TRACK_COLUMNS = ("track", "first_seen", "last_seen", "seconds", "frames", "merged_from",
-                 *(f"mean_{e}" for e in LABELS), *(f"peak_{e}" for e in LABELS), "dominant")
+
+def frame_columns(labels: Sequence[str] = LABELS) -> tuple[str, ...]:
+    return ("timestamp", "frame", "track", "box_x", "box_y", "box_w", "box_h", *labels, "emotion")
+
+
+def track_columns(labels: Sequence[str] = LABELS) -> tuple[str, ...]:
+    return ("track", "first_seen", "last_seen", "seconds", "frames", "merged_from",
+            *(f"mean_{e}" for e in labels), *(f"peak_{e}" for e in labels), "dominant")
+
+
+FRAME_COLUMNS, TRACK_COLUMNS = frame_columns(), track_columns()  # with the model's labels (FER2013 order)
 OUTPUTS = ("frames.csv", "tracks.csv", "timeline.png")
 SUMMARY = "summary.json"
-
 
 TRACK_RULE = ("tracks of one face split by a short loss are merged: a track that starts at most merge_gap seconds "
               "after another ended, with its first box centre within one face width of that track's last box, "
@@ -122,7 +129,7 @@ class CsvRows:
     def __init__(self, fh, labels: Sequence[str]):
         self.fh, self.labels, self.rows = fh, labels, 0
         self.writer = csv.writer(fh, lineterminator="\n")
-        self.writer.writerow(FRAME_COLUMNS)
+        self.writer.writerow(frame_columns(labels))
 
     def write(self, result) -> None:
         ts = f"{result.frame.timestamp:.4f}"
@@ -180,7 +187,8 @@ class TrackSums:
         for f in result.faces:
             s = self.tracks.get(f.track)
             if s is None:
-                s = self.tracks[f.track] = TrackStats(f.track, t, t, f.box, f.box)
+                n = len(self.labels)
+                s = self.tracks[f.track] = TrackStats(f.track, t, t, f.box, f.box, 0, np.zeros(n), np.zeros(n))
             s.add(t, f.box, np.array([f.scores[e] for e in self.labels]))
 
     def close(self) -> None:
@@ -421,7 +429,7 @@ def _write_tracks(dest: Path, kept: list, step: float, labels: Sequence[str]) ->
     with atomic_output(dest) as tmp:
         with open(tmp, "w", newline="", encoding="utf-8") as fh:
             w = csv.writer(fh, lineterminator="\n")
-            w.writerow(TRACK_COLUMNS)
+            w.writerow(track_columns(labels))
             for s in sorted(kept, key=lambda s: (s.first, s.id)):
                 w.writerow([s.id, f"{s.first:.4f}", f"{s.last:.4f}", f"{s.frames * step:.4f}", s.frames,
                             " ".join(map(str, sorted(s.merged_from))), *(f"{v:.2f}" for v in s.means),

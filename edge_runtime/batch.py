@@ -53,16 +53,17 @@ def find_videos(inputs: Sequence[str]) -> list[Path]:
     return videos
 
 
-def plan(videos: Sequence[Path], out: Path) -> list[Job]:
+def plan(videos: Sequence[Path], out: Path, count_frames: bool = True) -> list[Job]:
     """One output folder per video, named after the file without its extension; names that
-    repeat in one batch get -2, -3, ... in input order."""
+    repeat in one batch get -2, -3, ... in input order. ``count_frames`` asks each container
+    for its length up front (for the overall progress bar)."""
     jobs, used = [], set()
     for v in videos:
         name, n = v.stem or v.name, 2
         while name.lower() in used:
             name, n = f"{v.stem}-{n}", n + 1
         used.add(name.lower())
-        jobs.append(Job(v, out / name, _frame_count(v)))
+        jobs.append(Job(v, out / name, _frame_count(v) if count_frames else 0))
     return jobs
 
 
@@ -95,9 +96,10 @@ def analyze_batch(inputs: Sequence[str], out, options: Optional[AnalyzeOptions] 
     if workers < 1:
         raise EmoError("--workers must be at least 1")
     out = check_writable_dir(out, "--out")
-    jobs = plan(find_videos(inputs), out)
+    bars = sys.stderr.isatty() if progress is None else progress
+    jobs = plan(find_videos(inputs), out, count_frames=bars)
     params = o.parameters()
-    show = _Display(jobs, sys.stderr.isatty() if progress is None else progress)
+    show = _Display(jobs, bars)
     stop = StopFlag().install()
     results: dict[int, VideoResult] = {}
     try:
