@@ -37,18 +37,20 @@ def emo_edge() -> str:
     return str(exe) if exe.exists() else "emo-edge"
 
 
-def throughput(videos: list[Path], out: Path, workers: int, detect_every: int) -> dict:
+def throughput(videos: list[Path], out: Path, workers: int, detect_every: int, extra: list[str]) -> dict:
     seconds_of_video = sum(_frames(v) for v in videos) / FPS
     cmd = [emo_edge(), "analyze", *map(str, videos), "--out", str(out), "--workers", str(workers),
-           "--detect-every", str(detect_every), "--force", "--no-progress"]
+           "--detect-every", str(detect_every), "--force", "--no-progress", *extra]
     load = os.getloadavg()[0]
     t0 = time.perf_counter()
     r = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if r.returncode != 0:
         raise SystemExit(f"bench_analyze: {' '.join(cmd)} failed ({r.returncode}): {r.stderr[-500:]}")
-    frames = sum(json.loads((out / v.stem / "summary.json").read_text())["frames"]["processed"] for v in videos)
-    return {"workers": workers, "detect_every": detect_every, "videos": len(videos), "video_seconds": seconds_of_video,
+    summaries = [json.loads((out / v.stem / "summary.json").read_text()) for v in videos]
+    frames = sum(s["frames"]["processed"] for s in summaries)
+    return {"detector": summaries[0]["detector"]["name"], "detect_size": summaries[0]["detector"]["detect_size"],
+            "workers": workers, "detect_every": detect_every, "videos": len(videos), "video_seconds": seconds_of_video,
             "frames": frames, "wall_seconds": round(wall, 2), "realtime_factor": round(seconds_of_video / wall, 2),
             "fps": round(frames / wall, 1), "load_before": round(load, 2)}
 
@@ -62,9 +64,10 @@ def _frames(video: Path) -> int:
     return n
 
 
-def memory(video: Path, out: Path, detect_every: int, log) -> dict:
+def memory(video: Path, out: Path, detect_every: int, extra: list[str], log) -> dict:
     """RSS of one analyze process over the whole video, sampled every second."""
-    cmd = [emo_edge(), "analyze", str(video), "--out", str(out), "--detect-every", str(detect_every), "--force", "--no-progress"]
+    cmd = [emo_edge(), "analyze", str(video), "--out", str(out), "--detect-every", str(detect_every), "--force", "--no-progress",
+           *extra]
     t0 = time.perf_counter()
     p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     samples = []
@@ -96,10 +99,11 @@ def memory(video: Path, out: Path, detect_every: int, log) -> dict:
 def to_md(res: dict) -> str:
     s = "# emo-edge analyze\n\n" + fingerprint_md(res["device"]) + "\n"
     s += f"Command: `{res['command']}`. {res['note']}\n\n"
-    s += "| workers | detect every | videos | video s | frames | wall s | FPS | real-time factor | load before |\n"
-    s += "|---|---|---|---|---|---|---|---|---|\n"
+    s += "| detector | workers | detect every | videos | video s | frames | wall s | FPS | real-time factor | load before |\n"
+    s += "|---|---|---|---|---|---|---|---|---|---|\n"
     for r in res["throughput"]:
-        s += (f"| {r['workers']} | {r['detect_every']} | {r['videos']} | {r['video_seconds']:.0f} | {r['frames']} | "
+        size = f" ({r['detect_size']} px)" if r.get("detect_size") else ""
+        s += (f"| {r['detector']}{size} | {r['workers']} | {r['detect_every']} | {r['videos']} | {r['video_seconds']:.0f} | {r['frames']} | "
               f"{r['wall_seconds']:.1f} | {r['fps']:.1f} | **{r['realtime_factor']:.1f}x** | {r['load_before']} |\n")
     m = res.get("memory")
     if m:
@@ -120,6 +124,7 @@ def main(argv=None) -> int:
     ap.add_argument("--detect-every", nargs="+", type=int, default=[1, 3])
     ap.add_argument("--memory-minutes", type=float, default=10, help="length of the long video (0: skip)")
     ap.add_argument("--memory-detect-every", type=int, default=3)
+    ap.add_argument("--detector", default="auto", help="passed to emo-edge analyze (auto: YuNet when fetched, else Haar)")
     ap.add_argument("--quick", action="store_true", help="clips of 4 s and a 1-minute video: a smoke test")
     ap.add_argument("--note", default="", help="added to the result (e.g. what else ran on the machine)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results") / f"analyze-{os.uname().nodename}.json")
@@ -135,7 +140,7 @@ def main(argv=None) -> int:
         rows = []
         for de in a.detect_every:
             for w in a.workers:
-                rows.append(throughput(clips, td / "out", w, de))
+                rows.append(throughput(clips, td / "out", w, de, ["--detector", a.detector]))
                 r = rows[-1]
                 log(f"workers {w}, detect every {de}: {r['video_seconds']:.0f} s of video in {r['wall_seconds']:.1f} s = "
                     f"{r['realtime_factor']:.1f}x real time")
@@ -146,7 +151,7 @@ def main(argv=None) -> int:
             long_video = make_test_video(a.photo, td / "long.avi", frames=n, fps=FPS)
             for c in clips[1:]:
                 c.unlink()
-            mem = memory(long_video, td / "out", a.memory_detect_every, log)
+            mem = memory(long_video, td / "out", a.memory_detect_every, ["--detector", a.detector], log)
     res = {"device": device_fingerprint(), "command": "nice -n 10 python benchmarks/bench_analyze.py" + (" --quick" if a.quick else ""),
            "note": ("Measured on a shared 2-core machine while other work (tests, other engineers' jobs) ran; the "
                     "'load before' column is the 1-minute load average when each run started, so compare rows with it in mind. "

@@ -325,7 +325,7 @@ def _analyze(path: Path, out: Path, o: AnalyzeOptions, params: dict, ident: dict
         "parameters": params,
         "model": {"path": shown(rec.classifier.path), "arch": rec.classifier.meta.arch, "precision": rec.classifier.meta.precision},
         "detector": {"name": rec.face_detector.name, "asked": o.detector, "model": shown(o.detector_model) if o.detector_model else None,
-                     "detect_every": o.detect_every, "detect_size": o.detect_size, "align": o.align},
+                     "detect_every": o.detect_every, "detect_size": getattr(rec.face_detector, "max_side", o.detect_size), "align": o.align},
         "frames": {"read": sums.last_index + 1, "processed": summary.frames, "with_faces": sums.with_faces, "rows": rows.rows},
         "tracks": {"rule": TRACK_RULE, "raw": len(sums.tracks), "kept": len(kept), "in_timeline": [s.id for s in in_timeline],
                    "merged": {str(k): v for k, v in sorted(merged.items())},

@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -271,3 +272,15 @@ def test_two_people_enter_and_leave(photos, tmp_path):
     assert both and min(both) >= 19 and max(both) <= 35, "both on screen only while both are there"
     assert not [r for r in frame_rows if int(r["frame"]) < 4 or int(r["frame"]) > 55], "no faces before or after"
     check_timeline(tmp_path / "out" / "two people", 2)
+
+
+def test_benchmark_script_runs(tmp_path):
+    out = tmp_path / "analyze-test.json"
+    r = subprocess.run([sys.executable, REPO / "benchmarks" / "bench_analyze.py", "--clips", "2", "--clip-seconds", "1",
+                        "--workers", "2", "--detect-every", "3", "--memory-minutes", "0.05", "--out", out],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(out.read_text())
+    assert [(t["workers"], t["detect_every"], t["frames"]) for t in res["throughput"]] == [(2, 3, 60)]
+    assert res["throughput"][0]["realtime_factor"] > 0 and res["memory"]["frames"] == 90
+    assert "| haar" in out.with_suffix(".md").read_text()
