@@ -24,7 +24,7 @@ DETECTOR = typer.Option("auto", help="Face detector: auto (yunet when `emo-edge 
 DETECTOR_MODEL = typer.Option(None, help="A YuNet .onnx file to use instead of the one `emo-edge fetch yunet` saves.")
 ALIGN = typer.Option(True, "--align/--no-align", help="Turn each face upright by its eye line before classifying (YuNet; Haar sees no eyes).")
 DETECT_EVERY = typer.Option(1, min=1, help="Run detection every N frames; track boxes in between.")
-DETECT_SIZE = typer.Option(None, help="Longest side of the frame the detector sees (haar: 320, yunet: 640).")
+DETECT_SIZE = typer.Option(None, help="Longest side of the frame the detector sees (haar: 480, yunet: 640; chosen in benchmarks/results/detectors-*.md).")
 SMOOTH = typer.Option(0.0, min=0.0, max=0.99, help="Score smoothing per track, 0 (off) to 0.99; 0.6 suits live video.")
 THREADS = typer.Option(1, min=1, help="onnxruntime threads for the classifier (at most the CPU cores).")
 SPIN = typer.Option(True, "--spin/--no-spin", help="--no-spin stops idle threads busy-waiting (saves power).")

@@ -44,7 +44,7 @@ class HaarDetector(Detector):
     name = "haar"
     wants_gray = True  # detect() takes the frame's gray image (the Recognizer converts once)
 
-    def __init__(self, max_side: int = 320, min_face: float = 0.08, scale_factor: float = 1.15, min_neighbors: int = 5):
+    def __init__(self, max_side: int = 480, min_face: float = 0.08, scale_factor: float = 1.15, min_neighbors: int = 5):
         path = Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml"
         self.cascade = cv2.CascadeClassifier(str(path))
         if self.cascade.empty():
@@ -138,7 +138,7 @@ def make_detector(kind: str = "auto", model: str | os.PathLike | None = None, ma
     cache of `emo-edge fetch yunet`, else Haar). ``max_side`` is the longest side of the frame it
     sees (--detect-size)."""
     if max_side is not None and max_side < MIN_DETECT_SIZE:
-        raise EmoError(f"--detect-size {max_side} is too small; give at least {MIN_DETECT_SIZE} pixels (haar: 320, yunet: 640)")
+        raise EmoError(f"--detect-size {max_side} is too small; give at least {MIN_DETECT_SIZE} pixels (defaults: haar 480, yunet 640)")
     if model and kind == "haar":
         raise EmoError("--detector-model is a YuNet file, but the detector is haar; use --detector yunet or auto")
     if kind == "auto":
