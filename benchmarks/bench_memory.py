@@ -36,7 +36,7 @@ def main(argv=None) -> int:
         log(f"recognizer over {frames} frames...")
         mem = memory_bench(a.model, video, frames, sample_every=max(1, frames // 20), progress=log)
     fp = device_fingerprint([1])
-    result = {"benchmark": "memory", "schema": 1, "quick": a.quick, "device": fp, "cli": cli, **mem}
+    result = {"benchmark": "memory", "quick": a.quick, "device": fp, "cli": cli, **mem}
     md = ("# Memory\n\n" + fingerprint_md(fp) + "\n| measure | value |\n|---|---|\n"
           f"| model load (cold start) | {mem['model_load_ms']:.1f} ms |\n"
           f"| peak RSS, `emo-edge infer` ({min(frames, 300)}-frame clip) | {cli['peak_rss_mb']:.1f} MB |\n"

@@ -70,7 +70,7 @@ def main(argv=None) -> int:
     rows = model_latency(models, batches, threads, warmup, runs, peers, progress=log)
     add_ratios(rows)
     fp = device_fingerprint(threads)
-    result = {"benchmark": "model_latency", "schema": 1, "quick": a.quick, "device": fp, "settings":
+    result = {"benchmark": "model_latency", "quick": a.quick, "device": fp, "settings":
               {"batches": batches, "threads": threads, "runs": runs, "warmup": warmup}, "rows": rows,
               "seconds": time.time() - t0}
     md = "# Model latency\n\n" + fingerprint_md(fp) + "\n" + latency_md(rows)

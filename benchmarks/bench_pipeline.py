@@ -53,7 +53,7 @@ def main(argv=None) -> int:
                     log(f"  {r['fps']:.1f} FPS, {r['faces']} faces in {r['frames']} frames")
                     rows.append(r)
     fp = device_fingerprint(sorted(set(a.threads)))
-    result = {"benchmark": "pipeline", "schema": 1, "quick": a.quick, "device": fp, "video": str(a.video or f"built from {a.photo}"),
+    result = {"benchmark": "pipeline", "quick": a.quick, "device": fp, "video": str(a.video or f"built from {a.photo}"),
               "rows": rows}
     md = "# Pipeline\n\n" + fingerprint_md(fp) + "\n" + pipeline_md(rows)
     save_result(result, a.out, md, "bench_pipeline")

@@ -155,7 +155,7 @@ def main(argv=None) -> int:
     med = {k: float(np.median(v)) for k, v in fps.items()}
     rss = [s["rss_mb"] for s in samples]
     q = max(1, len(rss) // 4)
-    result = {"benchmark": "serve", "schema": 1, "quick": a.quick, "device": device_fingerprint([1]),
+    result = {"benchmark": "serve", "quick": a.quick, "device": device_fingerprint([1]),
               "fps_by_viewers": {str(k): v for k, v in fps.items()}, "fps_median": {str(k): v for k, v in med.items()},
               "ratio_10_viewers": med[10] / med[0], "ratio_1_viewer": med[1] / med[0], "churn_minutes": a.minutes,
               "rss_mb_first_quarter_median": float(np.median(rss[:q])), "rss_mb_last_quarter_median": float(np.median(rss[-q:])),

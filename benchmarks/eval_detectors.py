@@ -228,7 +228,7 @@ def main(argv=None) -> int:
     if a.fer and not a.quick:
         align["fer_val"] = alignment(fer_faces(a.fer, 30), a.yunet, 0.0)
     cost = crop_cost_ms()
-    result = {"benchmark": "detectors", "schema": 1, "quick": a.quick, "device": device_fingerprint([1]),
+    result = {"benchmark": "detectors", "quick": a.quick, "device": device_fingerprint([1]),
               "scenes": len(scenes), "faces": rows[0]["faces"], "negatives": len(negs), "rows": rows,
               "alignment": align, "crop_ms": cost}
     md = ("# Face detectors on scenes built from real photos\n\n" + fingerprint_md(result["device"])

@@ -95,7 +95,7 @@ def main(argv=None) -> int:
     fds = [s["fds"] for s in samples]
     q = max(1, len(samples) // 4)
     result = {
-        "benchmark": "soak", "schema": 1, "quick": a.quick, "device": device_fingerprint([1]), "command": cmd,
+        "benchmark": "soak", "quick": a.quick, "device": device_fingerprint([1]), "command": cmd,
         "minutes": a.minutes, "stream_fps": a.fps, "drop_every_s": a.drop_every, "down_s": a.down,
         "alive_at_end": alive, "exit_code_after_sigterm": rc, **counts, "errors": errors[-5:],
         "rss_mb_first_quarter_median": float(np.median(rss[:q])) if rss else None,

@@ -349,9 +349,11 @@ def cli_peak_rss(args: list[str]) -> dict:
 
 
 def save_result(result: dict, out: Path, md: str, name: str) -> None:
-    """Write the JSON result and its Markdown table next to it; print the table on stdout."""
+    """Write the JSON result (stamped with the schema version) and its Markdown table next to it;
+    print the table on stdout."""
     from .files import atomic_write_text
 
+    result = {"schema": SCHEMA_VERSION, **result}
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, json.dumps(result, indent=2))
     atomic_write_text(out.with_suffix(".md"), md)
