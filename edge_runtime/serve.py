@@ -187,172 +187,178 @@ class LiveState:
         return "\n".join(out) + "\n"
 
 
-def make_handler(state: LiveState, opts: ServeOptions):
-    """The request handler class, bound to one LiveState."""
-    page = PAGE.read_bytes()
+ROUTES = {"/": "page", "/index.html": "page", "/stream.mjpg": "mjpeg", "/snapshot.jpg": "snapshot",
+          "/api/latest": "latest", "/api/events": "events", "/api/status": "status", "/metrics": "metrics",
+          "/healthz": "healthz"}
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        server_version = "emo"
-        sys_version = ""
-        protocol_version = "HTTP/1.1"
-        timeout = opts.client_timeout  # socket timeout: a client that stalls is dropped
 
-        def log_message(self, fmt, *args):  # requests are counted in /metrics, not printed
-            pass
+class Handler(http.server.BaseHTTPRequestHandler):
+    """One HTTP request (the standard library parses it); :func:`make_handler` binds the state."""
 
-        def do_GET(self):
-            url = urlsplit(self.path)
-            query = parse_qs(url.query)
-            with state.cond:
-                state.c.http_requests += 1
-            route = ROUTES.get(url.path)
-            if route is None:
-                return self._send(404, "text/plain", b"not found\n")
-            if url.path != "/healthz" and not self._authorized(query):
-                with state.cond:
-                    state.c.unauthorized += 1
-                return self._send(401, "text/plain", b"token required: add ?token=... or 'Authorization: Bearer ...'\n",
-                                  {"WWW-Authenticate": "Bearer"})
-            try:
-                getattr(self, route)(query)
-            except (BrokenPipeError, ConnectionResetError, socket.timeout):
-                with state.cond:
-                    state.c.dropped_clients += 1
-                self.close_connection = True
+    state: LiveState
+    opts: ServeOptions
+    page_html: bytes
+    server_version = "emo"
+    sys_version = ""
+    protocol_version = "HTTP/1.1"
 
-        def do_POST(self):
-            self._send(405, "text/plain", b"only GET\n", {"Allow": "GET"})
+    def log_message(self, fmt, *args):  # requests are counted in /metrics, not printed
+        pass
 
-        do_PUT = do_DELETE = do_PATCH = do_POST
+    def do_GET(self):
+        url = urlsplit(self.path)
+        query = parse_qs(url.query)
+        with self.state.cond:
+            self.state.c.http_requests += 1
+        route = ROUTES.get(url.path)
+        if route is None:
+            return self._send(404, "text/plain", b"not found\n")
+        if url.path != "/healthz" and not self._authorized(query):
+            with self.state.cond:
+                self.state.c.unauthorized += 1
+            return self._send(401, "text/plain", b"token required: add ?token=... or 'Authorization: Bearer ...'\n",
+                              {"WWW-Authenticate": "Bearer"})
+        try:
+            getattr(self, route)(query)
+        except (BrokenPipeError, ConnectionResetError, socket.timeout):
+            with self.state.cond:
+                self.state.c.dropped_clients += 1
+            self.close_connection = True
 
-        def _authorized(self, query) -> bool:
-            if not opts.token:
-                return True
-            given = (query.get("token") or [""])[0]
-            auth = self.headers.get("Authorization", "")
-            if auth.startswith("Bearer "):
-                given = auth[len("Bearer "):].strip()
-            return hmac.compare_digest(given.encode(), opts.token.encode())
+    def do_POST(self):
+        self._send(405, "text/plain", b"only GET\n", {"Allow": "GET"})
 
-        def _send(self, code: int, ctype: str, body: bytes, headers: Optional[dict] = None) -> None:
-            self.send_response(code)
+    do_PUT = do_DELETE = do_PATCH = do_POST
+
+    def _authorized(self, query) -> bool:
+        if not self.opts.token:
+            return True
+        given = (query.get("token") or [""])[0]
+        auth = self.headers.get("Authorization", "")
+        if auth.startswith("Bearer "):
+            given = auth[len("Bearer "):].strip()
+        return hmac.compare_digest(given.encode(), self.opts.token.encode())
+
+    def _send(self, code: int, ctype: str, body: bytes, headers: Optional[dict] = None) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _json(self, obj, code: int = 200) -> None:
+        self._send(code, "application/json", json.dumps(obj, separators=(",", ":")).encode())
+
+    # --- endpoints ------------------------------------------------------------------------
+    def page(self, query):
+        self._send(200, "text/html; charset=utf-8", self.page_html)
+
+    def latest(self, query):
+        with self.state.cond:
+            result = self.state.latest
+        if result is None:
+            return self._json({"error": "no frame yet"}, 503)
+        self._json(result.record)
+
+    def status(self, query):
+        self._json(self.state.status())
+
+    def metrics(self, query):
+        self._send(200, "text/plain; version=0.0.4; charset=utf-8", self.state.metrics().encode())
+
+    def healthz(self, query):
+        if self.state.source_up():
+            return self._send(200, "text/plain", b"ok\n")
+        self._send(503, "text/plain", f"source down: {getattr(self.state.source, 'state', 'no frames')}\n".encode())
+
+    def snapshot(self, query):
+        with self.state.cond:
+            result, jpeg, fresh = self.state.latest, self.state.jpeg, self.state.jpeg_seq == self.state.seq
+        if result is None:
+            return self._send(503, "text/plain", b"no frame yet\n")
+        self._send(200, "image/jpeg", jpeg if (fresh and jpeg) else self.state.encode(result))
+
+    def _stream(self, ctype: str, body):
+        """Hold one of the streaming slots while ``body()`` writes; 503 when all are taken."""
+        with self.state.cond:
+            if self.state.streams >= self.opts.max_streams:
+                full = True
+            else:
+                full, self.state.streams = False, self.state.streams + 1
+        if full:
+            return self._send(503, "text/plain", b"too many streaming clients\n")
+        try:
+            self.send_response(200)
             self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
             self.send_header("Cache-Control", "no-store")
-            for k, v in (headers or {}).items():
-                self.send_header(k, v)
+            self.send_header("Connection", "close")
             self.end_headers()
-            self.wfile.write(body)
+            self.close_connection = True
+            body()
+        finally:
+            with self.state.cond:
+                self.state.streams -= 1
 
-        def _json(self, obj, code: int = 200) -> None:
-            self._send(code, "application/json", json.dumps(obj, separators=(",", ":")).encode())
-
-        # --- endpoints ------------------------------------------------------------------------
-        def page(self, query):
-            self._send(200, "text/html; charset=utf-8", page)
-
-        def latest(self, query):
-            with state.cond:
-                result = state.latest
-            if result is None:
-                return self._json({"error": "no frame yet"}, 503)
-            self._json(result.record)
-
-        def status(self, query):
-            self._json(state.status())
-
-        def metrics(self, query):
-            self._send(200, "text/plain; version=0.0.4; charset=utf-8", state.metrics().encode())
-
-        def healthz(self, query):
-            if state.source_up():
-                return self._send(200, "text/plain", b"ok\n")
-            self._send(503, "text/plain", f"source down: {getattr(state.source, 'state', 'no frames')}\n".encode())
-
-        def snapshot(self, query):
-            with state.cond:
-                result, jpeg, fresh = state.latest, state.jpeg, state.jpeg_seq == state.seq
-            if result is None:
-                return self._send(503, "text/plain", b"no frame yet\n")
-            self._send(200, "image/jpeg", jpeg if (fresh and jpeg) else state.encode(result))
-
-        def _stream(self, ctype: str, body):
-            """Hold one of the streaming slots while ``body()`` writes; 503 when all are taken."""
-            with state.cond:
-                if state.streams >= opts.max_streams:
-                    full = True
-                else:
-                    full, state.streams = False, state.streams + 1
-            if full:
-                return self._send(503, "text/plain", b"too many streaming clients\n")
+    def mjpeg(self, query):
+        def body():
+            with self.state.cond:
+                self.state.viewers += 1
+                self.state.cond.notify_all()
             try:
-                self.send_response(200)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Cache-Control", "no-store")
-                self.send_header("Connection", "close")
-                self.end_headers()
-                self.close_connection = True
-                body()
-            finally:
-                with state.cond:
-                    state.streams -= 1
-
-        def mjpeg(self, query):
-            def body():
-                with state.cond:
-                    state.viewers += 1
-                    state.cond.notify_all()
-                try:
-                    sent = state.c.jpeg_frames
-                    while True:
-                        with state.cond:
-                            state.jpeg_ready.wait_for(lambda: state.closed or state.c.jpeg_frames > sent, timeout=1.0)
-                            if state.closed:
-                                return
-                            if state.c.jpeg_frames <= sent or not state.jpeg:
-                                continue
-                            if sent:  # JPEGs made while this viewer was still writing the last one
-                                state.c.skipped_slow_viewer += state.c.jpeg_frames - sent - 1
-                            jpeg, sent = state.jpeg, state.c.jpeg_frames
-                        self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(jpeg)
-                                         + jpeg + b"\r\n")
-                finally:
-                    with state.cond:
-                        state.viewers -= 1
-            self._stream("multipart/x-mixed-replace; boundary=frame", body)
-
-        def events(self, query):
-            try:
-                rate = float((query.get("rate") or ["0"])[0])
-            except ValueError:
-                return self._send(400, "text/plain", b"rate must be a number of events per second\n")
-            gap = 1.0 / rate if rate > 0 else 0.0
-
-            def body():
-                seen, last_sent = 0, 0.0
+                sent = self.state.c.jpeg_frames
                 while True:
-                    with state.cond:
-                        state.cond.wait_for(lambda: state.closed or state.seq > seen, timeout=15.0)
-                        if state.closed:
+                    with self.state.cond:
+                        self.state.jpeg_ready.wait_for(lambda: self.state.closed or self.state.c.jpeg_frames > sent, timeout=1.0)
+                        if self.state.closed:
                             return
-                        fresh = state.seq > seen
-                        record, seen = (state.latest.record if state.latest else None), state.seq
-                    if not fresh:
-                        self.wfile.write(b": keep-alive\n\n")
-                        continue
-                    if gap and time.monotonic() - last_sent < gap:
-                        time.sleep(max(0.0, gap - (time.monotonic() - last_sent)))
-                        with state.cond:
-                            record, seen = state.latest.record, state.seq
-                    last_sent = time.monotonic()
-                    self.wfile.write(b"data: " + json.dumps(record, separators=(",", ":")).encode() + b"\n\n")
-                    self.wfile.flush()
-            self._stream("text/event-stream", body)
+                        if self.state.c.jpeg_frames <= sent or not self.state.jpeg:
+                            continue
+                        if sent:  # JPEGs made while this viewer was still writing the last one
+                            self.state.c.skipped_slow_viewer += self.state.c.jpeg_frames - sent - 1
+                        jpeg, sent = self.state.jpeg, self.state.c.jpeg_frames
+                    self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(jpeg)
+                                     + jpeg + b"\r\n")
+            finally:
+                with self.state.cond:
+                    self.state.viewers -= 1
+        self._stream("multipart/x-mixed-replace; boundary=frame", body)
 
-    ROUTES = {"/": "page", "/index.html": "page", "/stream.mjpg": "mjpeg", "/snapshot.jpg": "snapshot",
-              "/api/latest": "latest", "/api/events": "events", "/api/status": "status", "/metrics": "metrics",
-              "/healthz": "healthz"}
-    return Handler
+    def events(self, query):
+        try:
+            rate = float((query.get("rate") or ["0"])[0])
+        except ValueError:
+            return self._send(400, "text/plain", b"rate must be a number of events per second\n")
+        gap = 1.0 / rate if rate > 0 else 0.0
+
+        def body():
+            seen, last_sent = 0, 0.0
+            while True:
+                with self.state.cond:
+                    self.state.cond.wait_for(lambda: self.state.closed or self.state.seq > seen, timeout=15.0)
+                    if self.state.closed:
+                        return
+                    fresh = self.state.seq > seen
+                    record, seen = (self.state.latest.record if self.state.latest else None), self.state.seq
+                if not fresh:
+                    self.wfile.write(b": keep-alive\n\n")
+                    continue
+                if gap and time.monotonic() - last_sent < gap:
+                    time.sleep(max(0.0, gap - (time.monotonic() - last_sent)))
+                    with self.state.cond:
+                        record, seen = self.state.latest.record, self.state.seq
+                last_sent = time.monotonic()
+                self.wfile.write(b"data: " + json.dumps(record, separators=(",", ":")).encode() + b"\n\n")
+                self.wfile.flush()
+        self._stream("text/event-stream", body)
+
+
+def make_handler(state: LiveState, opts: ServeOptions) -> type:
+    """The request handler class, bound to one LiveState; the socket timeout drops stalled clients."""
+    return type("BoundHandler", (Handler,), {"state": state, "opts": opts, "page_html": PAGE.read_bytes(),
+                                             "timeout": opts.client_timeout})
 
 
 class Server:
