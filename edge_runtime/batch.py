@@ -132,8 +132,9 @@ def _run_job(job: Job, o: AnalyzeOptions, params: dict, force: bool, stop: StopF
     return VideoResult(shown(job.video), shown(job.out), "failed", msg, seconds=time.monotonic() - t0)
 
 
-# Worker processes: they ignore SIGINT (a Ctrl-C reaches the whole process group) and stop when
-# the parent sets the shared event, so a batch always stops the same way, from one place.
+# Worker processes ignore SIGINT and SIGTERM (a Ctrl-C, or a service manager's stop, reaches the
+# whole process group) and stop when the parent sets the shared event, so a batch always stops
+# the same way, from one place.
 _worker_state: dict = {}
 
 
@@ -141,6 +142,7 @@ def _init_worker(queue, cancel) -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     cv2.setNumThreads(1)  # one worker per core: OpenCV's own threads would only compete
     _worker_state.update(queue=queue, cancel=cancel)
 
@@ -151,7 +153,7 @@ def _worker(i: int, job: Job, o: AnalyzeOptions, params: dict, force: bool) -> V
 
     def progress(done: int, total: int) -> None:  # called a few times a second from the frame loop
         if cancel.is_set():
-            stop.set("SIGINT")
+            stop.set("stop")  # the parent names the signal in its report
         queue.put((i, done, total))
 
     queue.put((i, -1, job.frames))
@@ -258,7 +260,8 @@ class _Display:
         elif r.status == "failed":
             line = f"FAILED  {r.video}: {r.message}"
         else:
-            line = f"stopped {r.video}: {r.message}; nothing written, a rerun redoes it"
+            when = " before it started" if r.message == "not started" else ""
+            line = f"stopped {r.video}{when}; nothing written for it, a rerun does it"
         if self.progress is not None:
             if i in self.tasks:
                 self.progress.remove_task(self.tasks.pop(i))
