@@ -31,27 +31,10 @@ from emo.edge_runtime.bench import (MjpegTestStream, device_fingerprint, fingerp
 REPO = Path(__file__).resolve().parents[1]
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--minutes", type=float, default=30.0)
-    ap.add_argument("--fps", type=float, default=10.0, help="frames per second the stream sends")
-    ap.add_argument("--drop-every", type=float, default=60.0, help="seconds between drop-outs")
-    ap.add_argument("--down", type=float, default=5.0, help="seconds the stream stays down")
-    ap.add_argument("--sample", type=float, default=15.0, help="seconds between samples")
-    ap.add_argument("--photo", type=Path, default=REPO / "examples" / "astronaut.png")
-    ap.add_argument("--quick", action="store_true", help="1 minute, drop every 20 s: a smoke test")
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results") / f"soak-{os.uname().nodename}.json")
-    a = ap.parse_args(argv)
-    if a.quick:
-        a.minutes, a.drop_every, a.down, a.sample = 1.0, 20.0, 3.0, 5.0
-    log = lambda s: print(f"soak: {s}", file=sys.stderr, flush=True)  # noqa: E731
-    with tempfile.TemporaryDirectory() as td:
-        video = make_test_video(a.photo, Path(td) / "clip.avi", frames=150)
-        stream = MjpegTestStream.of_video(video, fps=a.fps, schedule=lambda t: t % a.drop_every < a.drop_every - a.down)
-    exe = Path(sys.executable).parent / "emo-edge"
-    cmd = [str(exe) if exe.exists() else "emo-edge", "infer", stream.url, "--format", "json", "--reconnect", "1000",
-           "--timeout", "5"]
-    log(" ".join(cmd))
+def run_and_sample(cmd: list[str], minutes: float, every: float, log) -> tuple[list, dict, list, bool, int]:
+    """Run ``cmd`` (emo-edge infer, JSON Lines on stdout) for ``minutes``, sampling its frames,
+    reconnects, RSS and descriptors every ``every`` seconds; then SIGTERM it.
+    Returns (samples, counts, error lines, alive at the end, exit status)."""
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
     counts = {"frames": 0, "faces": 0, "reconnects": 0, "dropouts": 0}
     errors: list[str] = []
@@ -74,9 +57,9 @@ def main(argv=None) -> int:
     for fn in (read_out, read_err):
         threading.Thread(target=fn, daemon=True).start()
     samples, t0 = [], time.monotonic()
-    end = t0 + a.minutes * 60
+    end = t0 + minutes * 60
     while time.monotonic() < end and p.poll() is None:
-        time.sleep(min(a.sample, max(0.0, end - time.monotonic())))
+        time.sleep(min(every, max(0.0, end - time.monotonic())))
         if p.poll() is not None:
             break
         rss, fds = process_stats(p.pid)
@@ -90,7 +73,34 @@ def main(argv=None) -> int:
     except subprocess.TimeoutExpired:
         p.kill()
         rc = p.wait()
-    stream.close()
+    return samples, counts, errors, alive, rc
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--minutes", type=float, default=30.0)
+    ap.add_argument("--fps", type=float, default=10.0, help="frames per second the stream sends")
+    ap.add_argument("--drop-every", type=float, default=60.0, help="seconds between drop-outs")
+    ap.add_argument("--down", type=float, default=5.0, help="seconds the stream stays down")
+    ap.add_argument("--sample", type=float, default=15.0, help="seconds between samples")
+    ap.add_argument("--photo", type=Path, default=REPO / "examples" / "astronaut.png")
+    ap.add_argument("--quick", action="store_true", help="1 minute, drop every 20 s: a smoke test")
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results") / f"soak-{os.uname().nodename}.json")
+    a = ap.parse_args(argv)
+    if a.quick:
+        a.minutes, a.drop_every, a.down, a.sample = 1.0, 20.0, 3.0, 5.0
+    log = lambda s: print(f"soak: {s}", file=sys.stderr, flush=True)  # noqa: E731
+    with tempfile.TemporaryDirectory() as td:
+        video = make_test_video(a.photo, Path(td) / "clip.avi", frames=150)
+        stream = MjpegTestStream.of_video(video, fps=a.fps, schedule=lambda t: t % a.drop_every < a.drop_every - a.down)
+    exe = Path(sys.executable).parent / "emo-edge"
+    cmd = [str(exe) if exe.exists() else "emo-edge", "infer", stream.url, "--format", "json", "--reconnect", "1000",
+           "--timeout", "5"]
+    log(" ".join(cmd))
+    try:
+        samples, counts, errors, alive, rc = run_and_sample(cmd, a.minutes, a.sample, log)
+    finally:
+        stream.close()
     rss = [s["rss_mb"] for s in samples]
     fds = [s["fds"] for s in samples]
     q = max(1, len(samples) // 4)
