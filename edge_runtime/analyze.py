@@ -314,7 +314,7 @@ def _analyze(path: Path, out: Path, o: AnalyzeOptions, params: dict, ident: dict
     _write_tracks(out / "tracks.csv", kept, step, rec.labels)
     _write_timeline(out / "timeline.png", in_timeline, binner, step, rec.labels, duration, label, len(kept))
     if o.parquet:
-        _write_parquet(out / "frames.csv", out / "frames.parquet")
+        _write_parquet(out / "frames.csv", out / "frames.parquet", rec.labels)
     seconds = time.monotonic() - t0
     result = VideoResult(label, shown(out), "done", "", summary.frames, rows.rows, len(kept), seconds, duration)
     if merged or dropped:
@@ -453,13 +453,17 @@ def _write_timeline(dest: Path, shown_tracks: list, binner, step: float, labels:
     atomic_write_bytes(dest, buf.tobytes())
 
 
-def _write_parquet(csv_path: Path, dest: Path) -> None:
-    """frames.csv as Parquet, converted in blocks (pyarrow's streaming CSV reader)."""
+def _write_parquet(csv_path: Path, dest: Path, labels: Sequence[str]) -> None:
+    """frames.csv as Parquet, converted in blocks (pyarrow's streaming CSV reader), with the
+    column types stated, so that no block (or an empty table) guesses them differently."""
+    import pyarrow as pa
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
+    types = {c: pa.int64() for c in ("frame", "track", "box_x", "box_y", "box_w", "box_h")}
+    types.update({c: pa.float64() for c in ("timestamp", *labels)}, emotion=pa.string())
     with atomic_output(dest) as tmp:
-        reader = pacsv.open_csv(str(csv_path))
+        reader = pacsv.open_csv(str(csv_path), convert_options=pacsv.ConvertOptions(column_types=types))
         with pq.ParquetWriter(str(tmp), reader.schema) as writer:
             for batch in reader:
                 writer.write_batch(batch)

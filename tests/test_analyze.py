@@ -284,3 +284,12 @@ def test_benchmark_script_runs(tmp_path):
     assert [(t["workers"], t["detect_every"], t["frames"]) for t in res["throughput"]] == [(2, 3, 60)]
     assert res["throughput"][0]["realtime_factor"] > 0 and res["memory"]["frames"] == 90
     assert "| haar" in out.with_suffix(".md").read_text()
+
+
+def test_video_without_faces(tmp_path):
+    video = make_video(tmp_path / "empty room.avi", [np.full((240, 320, 3), 90, np.uint8)] * 10, fps=10.0)
+    res = analyze_video(video, tmp_path / "out", AnalyzeOptions(detector="haar"))
+    assert res.status == "done" and res.frames == 10 and res.rows == 0 and res.tracks == 0
+    assert len((tmp_path / "out" / "frames.csv").read_text().splitlines()) == 1  # the header
+    assert len((tmp_path / "out" / "tracks.csv").read_text().splitlines()) == 1
+    check_timeline(tmp_path / "out", 0)
