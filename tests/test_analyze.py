@@ -85,7 +85,7 @@ def test_astronaut_clip_rows_tracks_timeline_and_rerun(astro, tmp_path):
     out = tmp_path / "astro"
     assert "done    " in r.stderr and "1 analysed" in r.stderr and "Traceback" not in r.stderr
     frames, tracks, summary = check_tracks_match_rows(out)
-    assert summary["frames"] == {"read": 30, "processed": 30, "with_faces": 30, "rows": len(frames)}
+    assert summary["frames"] == {"in_video": 30, "processed": 30, "with_faces": 30, "rows": len(frames)}
     assert summary["video"]["fps"] == 10.0 and summary["video"]["frames_reported"] == 30
     assert summary["model"]["arch"] and summary["detector"]["name"] == "haar"
     assert summary["timing"]["seconds"] > 0 and summary["timing"]["video_seconds"] == 3.0
@@ -114,7 +114,7 @@ def test_stride_keeps_true_timestamps(astro, tmp_path):
     frames, tracks, summary = check_tracks_match_rows(tmp_path / "astro")
     assert sorted({int(r["frame"]) for r in frames}) == list(range(0, 30, 4))
     assert all(float(r["timestamp"]) == pytest.approx(int(r["frame"]) / 10.0, abs=1e-4) for r in frames)
-    assert summary["frames"]["processed"] == 8 and summary["frames"]["read"] == 29
+    assert summary["frames"]["processed"] == 8 and summary["frames"]["in_video"] == 30
     assert float(tracks[0]["seconds"]) == pytest.approx(8 * 0.4)
     # a different stride is a different analysis: a rerun without it redoes the video
     r = analyze(astro, "--out", tmp_path)
