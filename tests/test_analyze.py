@@ -271,6 +271,11 @@ def test_two_people_enter_and_leave(photos, tmp_path):
     both = {int(r["frame"]) for r in frame_rows if r["track"] == first["track"]} & {int(r["frame"]) for r in frame_rows if r["track"] == second["track"]}
     assert both and min(both) >= 19 and max(both) <= 35, "both on screen only while both are there"
     assert not [r for r in frame_rows if int(r["frame"]) < 4 or int(r["frame"]) > 55], "no faces before or after"
+    per_frame = {i: sum(int(r["frame"]) == i for r in frame_rows) for i in range(60)}
+    assert sum(per_frame[i] == 1 for i in range(6, 19)) >= 10, per_frame  # one person on screen
+    assert sum(per_frame[i] == 2 for i in range(21, 34)) >= 10, per_frame  # both
+    assert sum(per_frame[i] == 1 for i in range(37, 54)) >= 13, per_frame  # the second alone
+    assert all(float(r["timestamp"]) == pytest.approx(int(r["frame"]) / 10.0, abs=1e-4) for r in frame_rows)
     check_timeline(tmp_path / "out" / "two people", 2)
 
 
