@@ -220,15 +220,19 @@ def consolidate(tracks: Sequence[TrackStats], step: float, min_seconds: float, m
     """Apply :data:`TRACK_RULE`: (kept tracks, raw id -> kept id for merged tracks, dropped tracks).
     ``step`` is the seconds one processed frame stands for (stride / fps)."""
     final: list[TrackStats] = []
+    recent: list[TrackStats] = []  # tracks that may still be continued: seen within merge_gap of the current start
     merged: dict[int, int] = {}
     for b in sorted(tracks, key=lambda s: (s.first, s.id)):
+        recent = [a for a in recent if b.first - a.last <= merge_gap + 1e-9]
         best = None
-        for a in final:
+        for a in recent:
             gap = b.first - a.last
-            if 0 < gap <= merge_gap + 1e-9 and _near(a.last_box, b.first_box) and (best is None or gap < best[0]):
+            if gap > 0 and _near(a.last_box, b.first_box) and (best is None or gap < best[0]):
                 best = (gap, a)
         if best is None:
-            final.append(TrackStats(b.id, b.first, b.last, b.first_box, b.last_box, b.frames, b.sums.copy(), b.peaks.copy()))
+            s = TrackStats(b.id, b.first, b.last, b.first_box, b.last_box, b.frames, b.sums.copy(), b.peaks.copy())
+            final.append(s)
+            recent.append(s)
         else:
             best[1].absorb(b)
             merged[b.id] = best[1].id

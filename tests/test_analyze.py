@@ -298,3 +298,13 @@ def test_video_without_faces(tmp_path):
     assert len((tmp_path / "out" / "frames.csv").read_text().splitlines()) == 1  # the header
     assert len((tmp_path / "out" / "tracks.csv").read_text().splitlines()) == 1
     check_timeline(tmp_path / "out", 0)
+
+
+def test_track_rule_scales_to_many_tracks():
+    """Thousands of one-frame false detections over an hour stay fast to consolidate and are all dropped."""
+    rng = np.random.default_rng(0)
+    tracks = [ts(t, t, 1, box=(int(rng.integers(0, 600)), int(rng.integers(0, 400)), 40, 40), tid=i)
+              for i, t in enumerate(np.sort(rng.uniform(0, 3600, 20000)))]
+    t0 = time.perf_counter()
+    kept, merged, dropped = consolidate(tracks, 1 / 30, min_seconds=0.5, merge_gap=1.0)
+    assert time.perf_counter() - t0 < 5 and len(kept) + len(dropped) + len(merged) == 20000
