@@ -24,11 +24,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import onnx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from onnx import TensorProto, helper
 
 from emo.edge_runtime.bench import MjpegTestStream
 from emo.edge_runtime.classifier import DEFAULT_MODEL, Classifier
@@ -238,7 +236,12 @@ def _png_header_only(w: int, h: int) -> bytes:
             + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
 
 
+def _onnx():
+    return pytest.importorskip("onnx", reason="editing a model needs onnx (the dev install); the edge install has none")
+
+
 def _with_meta(dst: Path, **changes) -> Path:
+    onnx = _onnx()
     m = onnx.load(str(DEFAULT_MODEL))
     for p in m.metadata_props:
         if p.key == "emo":
@@ -251,6 +254,8 @@ def _with_meta(dst: Path, **changes) -> Path:
 
 def _six_class_model(dst: Path) -> Path:
     """A valid ONNX classifier with emo metadata for 7 labels but only 6 outputs."""
+    onnx = _onnx()
+    from onnx import TensorProto, helper
     w = helper.make_tensor("w", TensorProto.FLOAT, [48 * 48, 6], np.zeros(48 * 48 * 6, np.float32).tolist())
     g = helper.make_graph(
         [helper.make_node("Flatten", ["x"], ["f"]), helper.make_node("MatMul", ["f", "w"], ["y"])], "six",
@@ -299,7 +304,7 @@ def test_any_metadata_loads_or_says_what_is_wrong(meta):
 
 
 def onnx_meta_props() -> list[tuple[str, str]]:
-    return [(p.key, p.value) for p in onnx.load(str(DEFAULT_MODEL)).metadata_props]
+    return [(p.key, p.value) for p in _onnx().load(str(DEFAULT_MODEL)).metadata_props]
 
 
 # --- 6. silent loss -------------------------------------------------------------------------------------
