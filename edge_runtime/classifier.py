@@ -16,10 +16,31 @@ PACKAGE_MODELS = Path(__file__).parent / "models"
 DEFAULT_MODEL = PACKAGE_MODELS / "emo_default.int8.onnx"
 
 
+MODEL_NAMES = ("tiny", "default", "large")  # the ladder: bundled as models/emo_<name>.int8.onnx
+
+
 def default_model_path() -> Path:
     """The bundled default model (int8), or EMO_MODEL when that is set."""
     env = os.environ.get("EMO_MODEL")
-    return Path(env) if env else DEFAULT_MODEL
+    return resolve_model(env) if env else DEFAULT_MODEL
+
+
+def bundled_models() -> dict[str, Path]:
+    """Name -> file of the models this install carries."""
+    return {n: PACKAGE_MODELS / f"emo_{n}.int8.onnx" for n in MODEL_NAMES if (PACKAGE_MODELS / f"emo_{n}.int8.onnx").is_file()}
+
+
+def resolve_model(model: str | os.PathLike | None) -> Path:
+    """``--model``: a name of the ladder (tiny, default, large), a path, or None for the default."""
+    if model is None or str(model) == "":
+        return default_model_path()
+    name = str(model)
+    if name in MODEL_NAMES and not exists(name):
+        have = bundled_models()
+        if name not in have:
+            raise EmoError(f"the model '{name}' is not bundled with this emo; bundled: {', '.join(have)} (or give a path)")
+        return have[name]
+    return Path(model)
 
 
 def session_options(threads: int = 1, spin: bool = True) -> ort.SessionOptions:
@@ -60,7 +81,7 @@ class Classifier:
     """
 
     def __init__(self, model: str | os.PathLike | None = None, threads: int = 1, spin: bool = True):
-        self.path = Path(model) if model else default_model_path()
+        self.path = resolve_model(model)
         self.session = load_session(self.path, threads, spin)
         self.meta = read_metadata(self.session, shown(self.path))
         self.spec = self.meta.input

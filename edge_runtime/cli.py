@@ -19,7 +19,7 @@ SOURCE_HELP = ("camera0 (V4L2 index) | /dev/video0 | picam0 (picamera2) | video 
 
 
 # The options infer and serve share (one definition; see runner.JobOptions).
-MODEL = typer.Option(None, "--model", "-m", help="emo ONNX model (default: the bundled int8 model).")
+MODEL = typer.Option(None, "--model", "-m", help="tiny, default or large (bundled; see `emo-edge models`), or an emo ONNX file.")
 DETECTOR = typer.Option("auto", help="Face detector: auto (yunet when `emo-edge fetch yunet` has run, else haar), haar or yunet.")
 DETECTOR_MODEL = typer.Option(None, help="A YuNet .onnx file to use instead of the one `emo-edge fetch yunet` saves.")
 ALIGN = typer.Option(True, "--align/--no-align", help="Turn each face upright by its eye line before classifying (YuNet; Haar sees no eyes).")
@@ -144,12 +144,12 @@ def fetch(
 def models(as_json: bool = typer.Option(False, "--json", help="Print the list as JSON.")) -> None:
     """The bundled emotion models and the downloadable ones (in the cache or not)."""
     from .assets import ASSETS, cache_dir, cached
-    from .classifier import PACKAGE_MODELS, read_metadata, load_session
+    from .classifier import bundled_models, load_session, read_metadata
 
     rows = []
-    for p in sorted(PACKAGE_MODELS.glob("*.onnx")):
+    for name, p in bundled_models().items():
         m = read_metadata(load_session(p), p.name)
-        rows.append({"name": p.stem, "kind": "emotion model (bundled)", "path": str(p), "bytes": p.stat().st_size,
+        rows.append({"name": name, "kind": "emotion model (bundled; --model " + name + ")", "path": str(p), "bytes": p.stat().st_size,
                      "arch": m.arch, "precision": m.precision,
                      "val_accuracy": m.metrics.get(f"val_accuracy_{m.precision}", m.metrics.get("val_accuracy"))})
     for a in ASSETS.values():
@@ -173,7 +173,7 @@ SPLITS = ("train", "val", "test")
 
 @app.command()
 def evaluate(
-    model: Path = typer.Argument(..., help="emo ONNX model."),
+    model: Path = typer.Argument(..., help="tiny, default, large (bundled) or an emo ONNX file."),
     data: str = typer.Argument(..., help="Labelled faces: a folder of <emotion>/*.jpg, a FER2013 root or fer2013.csv."),
     split: str = typer.Option("val", help="For a FER2013 root or CSV: train, val (PublicTest) or test (PrivateTest)."),
     threads: int = typer.Option(1, min=1, help="onnxruntime threads."),
@@ -211,7 +211,7 @@ def evaluate(
 
 @app.command()
 def info(
-    model: Optional[Path] = typer.Argument(None, help="emo ONNX model (default: the bundled model)."),
+    model: Optional[Path] = typer.Argument(None, help="tiny, default, large (bundled) or an emo ONNX file (default: default)."),
     as_json: bool = typer.Option(False, "--json", help="Print the metadata as JSON."),
 ) -> None:
     """What a model says about itself: labels, input spec, precision, metrics, provenance."""

@@ -125,7 +125,7 @@ def test_auto_takes_yunet_from_the_cache_or_the_option_else_haar(tmp_path, yunet
     models = subprocess.run([bin_path("emo-edge"), "models", "--json"], capture_output=True, text=True, timeout=60,
                             env={**os.environ, "EMO_CACHE_DIR": str(cache)})
     rows = {r["name"]: r for r in json.loads(models.stdout)}
-    assert rows["yunet"]["cached"] and rows["emo_default.int8"]["precision"] == "int8"
+    assert rows["yunet"]["cached"] and rows["default"]["precision"] == "int8"
 
 
 def _rotate(img: np.ndarray, angle: float) -> np.ndarray:

@@ -350,3 +350,18 @@ def test_truncated_video_ends_cleanly(photos, tmp_path):
     r, recs = infer(cut)
     assert r.returncode == 0, r.stderr
     assert 5 <= len(recs) < 30 and "Traceback" not in r.stderr
+
+
+def test_models_by_name(tmp_path):
+    from emo.edge_runtime.classifier import bundled_models
+
+    assert "default" in bundled_models()
+    assert Classifier("default").path == DEFAULT_MODEL == Recognizer(model="default").classifier.path
+    r, recs = infer(ASTRONAUT, "--model", "default")
+    assert r.returncode == 0 and recs[0]["faces"][0]["emotion"] == "happy"
+    missing = next((n for n in ("tiny", "large") if n not in bundled_models()), None)
+    if missing:
+        r = run_cli("emo-edge", "infer", ASTRONAUT, "--model", missing)
+        assert r.returncode == 2 and "not bundled" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = run_cli("emo-edge", "models", "--json")
+    assert {"default", "yunet"} <= {m["name"] for m in json.loads(r.stdout)}
