@@ -16,7 +16,7 @@ import cv2
 
 from .analyze import AnalyzeOptions, VideoResult, analyze_video
 from .errors import EmoError
-from .files import VIDEO_EXTS, check_file, check_writable_dir, is_dir, shown
+from .files import IMAGE_EXTS, VIDEO_EXTS, check_file, check_writable_dir, is_dir, shown
 from .stopping import StopFlag
 
 # Exit status of `emo-edge analyze` (README: Analyse recordings); 130/143 when stopped by a signal.
@@ -43,6 +43,8 @@ def find_videos(inputs: Sequence[str]) -> list[Path]:
                 raise EmoError(f"folder {shown(arg)} holds no videos ({', '.join(sorted(VIDEO_EXTS))})")
         else:
             found = [check_file(arg, "video")]
+            if found[0].suffix.lower() in IMAGE_EXTS:
+                raise EmoError(f"{shown(arg)} is an image; analyze takes videos (emo-edge infer reads images)")
         for p in found:
             key = os.path.realpath(p)
             if key not in seen:

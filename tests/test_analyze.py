@@ -144,7 +144,8 @@ def test_exit_status_none_and_usage_errors(tmp_path):
     assert r.returncode == EXIT_NONE and r.stderr.count("FAILED") == 2 and "Traceback" not in r.stderr
     for args in ([tmp_path / "missing.mp4", "--out", tmp_path / "o"],  # no such file: nothing is done
                  [tmp_path / "x.mp4", "--out", tmp_path / "x.mp4"],  # --out is a file
-                 [tmp_path / "x.mp4", "--out", tmp_path / "o", "--stride", "0"]):
+                 [tmp_path / "x.mp4", "--out", tmp_path / "o", "--stride", "0"],
+                 [ASTRONAUT, "--out", tmp_path / "o"]):  # an image
         r = analyze(*args)
         assert r.returncode == 2, r.stderr
         assert len(r.stderr.strip().splitlines()) == 1 and "error:" in r.stderr and "Traceback" not in r.stderr
