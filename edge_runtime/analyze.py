@@ -124,7 +124,10 @@ class VideoResult:
 # --- sinks of the frame loop ---------------------------------------------------------------------
 
 class CsvRows:
-    """Streams one row per face per frame to an open CSV file (track ids as the tracker gave them)."""
+    """Streams one row per face per frame to an open CSV file (track ids as the tracker gave them).
+
+    Unlike the sinks of a live source, it writes in the loop (through the file's buffer) and drops
+    nothing: an analysis must hold every row, and a video file waits for the loop, not the reverse."""
 
     def __init__(self, fh, labels: Sequence[str]):
         self.fh, self.labels, self.rows = fh, labels, 0
