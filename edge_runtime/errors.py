@@ -16,12 +16,17 @@ class EmoError(Exception):
     """
 
 
-def cli_main(app: Callable, prog: str) -> None:
-    """Run a Typer app: its usage errors and EmoErrors become one line and exit 2."""
+def cli_main(app: Callable, prog: str, install_hint: str = "") -> None:
+    """Run a Typer app: its usage errors and EmoErrors become one line and exit 2. With
+    ``install_hint``, a missing module (torch on an edge install, say) does too."""
     try:
         code = app(standalone_mode=False)
     except EmoError as e:
         _fail(prog, str(e), 2)
+    except ModuleNotFoundError as e:
+        if not install_hint:
+            raise
+        _fail(prog, f"{e.name} is not installed; {install_hint}", 2)
     except KeyboardInterrupt:
         _fail(prog, "interrupted", 130)
     except BrokenPipeError:

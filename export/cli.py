@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from emo.edge_runtime.errors import EmoError
+from emo.edge_runtime.errors import cli_main
 
 from .options import ExportOptions, Gates
 
@@ -55,18 +55,7 @@ def export(
 
 
 def main() -> None:
-    try:
-        app()
-    except EmoError as e:
-        print(f"emo-export: error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except ModuleNotFoundError as e:  # the edge install has no torch, onnx, ...
-        print(f"emo-export: error: {e.name} is not installed; emo-export needs the training install: pip install 'emo[train]'",
-              file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("emo-export: interrupted; nothing was overwritten", file=sys.stderr)
-        sys.exit(130)
+    cli_main(app, "emo-export", "emo-export needs the training install: pip install 'emo[train]'")
 
 
 if __name__ == "__main__":

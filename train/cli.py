@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from emo.edge_runtime.errors import EmoError
+from emo.edge_runtime.errors import EmoError, cli_main
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Train small FER2013 emotion CNNs (PyTorch) and evaluate checkpoints.")
@@ -110,18 +110,7 @@ def recalibrate(
 
 
 def main() -> None:
-    try:
-        app()
-    except EmoError as e:
-        print(f"emo-train: error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except ModuleNotFoundError as e:  # the edge install has no torch, onnx, ...
-        print(f"emo-train: error: {e.name} is not installed; emo-train needs the training install: pip install 'emo[train]'",
-              file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("emo-train: interrupted", file=sys.stderr)
-        sys.exit(130)
+    cli_main(app, "emo-train", "emo-train needs the training install: pip install 'emo[train]'")
 
 
 if __name__ == "__main__":
