@@ -29,6 +29,7 @@ from . import __version__
 from .errors import EmoError
 from .files import atomic_output, atomic_write_bytes, atomic_write_text, check_file, check_writable_dir, shown
 from .labels import LABELS
+from .runner import RecognizerOptions
 from .stopping import StopFlag
 
 
@@ -52,24 +53,15 @@ TRACK_RULE = ("tracks of one face split by a short loss are merged: a track that
 
 
 @dataclass
-class AnalyzeOptions:
+class AnalyzeOptions(RecognizerOptions):
     """What shapes an analysis (see ``emo-edge analyze --help``). ``threads`` and ``spin`` only
     change the speed, so a rerun with other values still counts as the same analysis."""
 
-    model: Optional[Path] = None
-    detector: str = "auto"
-    detector_model: Optional[Path] = None
-    align: bool = True
-    detect_every: int = 1
-    detect_size: Optional[int] = None
-    smooth: float = 0.0
     stride: int = 1
     min_track_seconds: float = 0.5
     merge_gap: float = 1.0
     timeline_tracks: int = 4
     parquet: bool = False
-    threads: int = 1
-    spin: bool = True
 
     def check(self) -> None:
         """Raise EmoError for values no analysis can use (the CLI's own checks cover most)."""
@@ -87,10 +79,10 @@ class AnalyzeOptions:
     def parameters(self) -> dict:
         """The options that decide the outputs, with the model files by content and the detector
         that ``auto`` stands for here: the resume key."""
-        from .classifier import default_model_path
+        from .classifier import resolve_model
         from .faces import make_detector
 
-        model = Path(self.model) if self.model else default_model_path()
+        model = resolve_model(self.model)
         p = {k: v for k, v in asdict(self).items() if k not in ("threads", "spin", "model", "detector_model")}
         p["detector_used"] = make_detector(self.detector, self.detector_model, self.detect_size).name
         p["model_sha256"] = _sha256(check_file(model, "model"))
@@ -284,8 +276,6 @@ def analyze_video(video, out_dir, options: Optional[AnalyzeOptions] = None, forc
 
 def _analyze(path: Path, out: Path, o: AnalyzeOptions, params: dict, ident: dict, stop: StopFlag, progress) -> VideoResult:
     from .pipeline import run
-    from .recognizer import Recognizer
-    from .runner import usable_threads
     from .sources import VideoSource
 
     t0, label = time.monotonic(), shown(path)
@@ -295,9 +285,7 @@ def _analyze(path: Path, out: Path, o: AnalyzeOptions, params: dict, ident: dict
             raise EmoError(f"{label} does not say its frame rate, so its frames cannot be given timestamps; re-mux it "
                            "(ffmpeg -i IN -c copy OUT.mp4)")
         total = int(src.cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
-        rec = Recognizer(model=o.model, detector=o.detector, detector_model=str(o.detector_model) if o.detector_model else None,
-                         threads=usable_threads(o.threads), spin=o.spin, detect_every=o.detect_every, smooth=o.smooth,
-                         detect_max_side=o.detect_size, align=o.align)
+        rec = o.recognizer()
     except BaseException:
         src.close()
         raise

@@ -21,10 +21,9 @@ FORMATS = ("auto", "json", "table", "none")
 
 
 @dataclass
-class JobOptions:
-    """The options infer and serve share (see ``emo-edge infer --help``)."""
+class RecognizerOptions:
+    """The options that make the Recognizer, shared by infer, serve and analyze."""
 
-    source: str
     model: Optional[Path] = None
     detector: str = "auto"
     detector_model: Optional[Path] = None
@@ -34,6 +33,19 @@ class JobOptions:
     smooth: float = 0.0
     threads: int = 1
     spin: bool = True
+
+    def recognizer(self) -> Recognizer:
+        return Recognizer(model=self.model, detector=self.detector,
+                          detector_model=str(self.detector_model) if self.detector_model else None,
+                          threads=usable_threads(self.threads), spin=self.spin, detect_every=self.detect_every,
+                          smooth=self.smooth, detect_max_side=self.detect_size, align=self.align)
+
+
+@dataclass
+class JobOptions(RecognizerOptions):
+    """The options infer and serve share (see ``emo-edge infer --help``)."""
+
+    source: str = ""
     width: int = 0
     height: int = 0
     fps: float = 0.0
@@ -66,9 +78,7 @@ def run_job(o: JobOptions, extra_sinks: Optional[Callable[[object, Recognizer, S
 
     if o.output not in FORMATS:
         raise EmoError(f"--format must be one of {', '.join(FORMATS)}, not '{o.output}'")
-    rec = Recognizer(model=o.model, detector=o.detector, detector_model=str(o.detector_model) if o.detector_model else None,
-                     threads=usable_threads(o.threads), spin=o.spin, detect_every=o.detect_every, smooth=o.smooth,
-                     detect_max_side=o.detect_size, align=o.align)
+    rec = o.recognizer()
     stop = StopFlag().install()
     saver = None
     try:
