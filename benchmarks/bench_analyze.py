@@ -166,10 +166,9 @@ def main(argv=None) -> int:
             for c in clips[1:]:
                 c.unlink()
             mem = memory(long_video, td / "out", a.memory_detect_every, ["--detector", a.detector], log)
-    res = {"device": device_fingerprint(), "command": "nice -n 10 python benchmarks/bench_analyze.py" + (" --quick" if a.quick else ""),
-           "note": ("Measured on a shared 2-core machine while other work (tests, other engineers' jobs) ran; the "
-                    "'load before' column is the 1-minute load average when each run started, so compare rows with it in mind. "
-                    + a.note).strip(),
+    res = {"device": device_fingerprint(), "command": "python " + " ".join(["benchmarks/bench_analyze.py", *sys.argv[1:]]),
+           "note": ("The 'load before' column is the 1-minute load average when each run started: on a machine "
+                    "shared with other work, compare rows with it in mind. " + a.note).strip(),
            "throughput": rows, "memory": mem}
     save_result(res, a.out, to_md(res), "bench_analyze")
     return 0
