@@ -90,6 +90,8 @@ def fps_rounds(port: int, rounds: int, seconds: float, log) -> dict:
             f0, t0 = frames_total(port), time.monotonic()
             time.sleep(seconds)
             fps = (frames_total(port) - f0) / (time.monotonic() - t0)
+            if fps == 0:
+                raise SystemExit("bench_serve: the clip ran out before the rounds ended; raise its frame count")
             for v in viewers:
                 v.stop.set()
             out[n].append(fps)
@@ -135,7 +137,7 @@ def main(argv=None) -> int:
         a.rounds, a.seconds, a.minutes = 1, 4.0, 1.0
     log = lambda s: print(f"bench_serve: {s}", file=sys.stderr, flush=True)  # noqa: E731
     with tempfile.TemporaryDirectory() as td:
-        n = int(a.rounds * 3 * (a.seconds + 1.5) * 40) + 300  # more frames than the rounds can use
+        n = int(a.rounds * 3 * (a.seconds + 1.5) * 150) + 300  # more frames than the rounds can use, at up to 150 FPS
         video = make_test_video(a.photo, Path(td) / "long.avi", frames=n)
         p, port = start_server(str(video), "--stream-fps", "10")
         try:
