@@ -168,9 +168,6 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print the list as
             print(f"{r['name']:<28} {r['arch']} {r['precision']}, {r['bytes'] / 1024:.0f} KiB{acc}\n{'':<28} {r['path']}")
 
 
-SPLITS = ("train", "val", "test")
-
-
 @app.command()
 def evaluate(
     model: Path = typer.Argument(..., help="tiny, default, large (bundled) or an emo ONNX file."),
@@ -184,13 +181,13 @@ def evaluate(
     import numpy as np
 
     from .classifier import Classifier
-    from .dataset import load_split
+    from .dataset import CSV_USAGE, load_split
     from .files import atomic_write_text, is_dir, same_file, shown
     from .metrics import classification_report, format_report
     from .runner import usable_threads
 
-    if split not in SPLITS:
-        raise EmoError(f"--split must be one of {', '.join(SPLITS)}, not '{split}'")
+    if split not in CSV_USAGE:
+        raise EmoError(f"--split must be one of {', '.join(CSV_USAGE)}, not '{split}'")
     if json_out is not None and not is_dir(json_out.parent or "."):
         raise EmoError(f"--json {shown(json_out)}: the folder {shown(json_out.parent)} does not exist; create it first")
     if json_out is not None and (same_file(json_out, model) or same_file(json_out, data)):

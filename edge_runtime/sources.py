@@ -47,17 +47,19 @@ class ImageSource:
 
     live = False
 
-    def __init__(self, paths: list[Path], label: str, strict: bool):
+    def __init__(self, paths: list[Path], label: str, strict: bool, first: Optional[np.ndarray] = None):
         self.paths, self.label, self.strict = paths, label, strict
+        self._first = first  # the first file, already decoded (a single image is checked when opened)
         self.state = "up"  # "ended" once every file was read
         self.fps = 0.0
         self.size: Optional[tuple[int, int]] = None
         self.skipped = 0
 
     def __iter__(self) -> Iterator[Frame]:
+        first, self._first = self._first, None  # used once: a second iteration reads the file again
         for i, p in enumerate(self.paths):
             try:
-                img = read_image(p)
+                img = first if i == 0 and first is not None else read_image(p)
             except EmoError as e:
                 if self.strict:
                     raise
@@ -352,14 +354,12 @@ def open_source(source: str, width: int = 0, height: int = 0, fps: float = 0, re
     if not exists(source) and len(os.fsencode(Path(source).name)) <= 255:
         raise EmoError(f"source {label} not found: give an image, a folder, a video, a URL, cameraN or picamN")
     p = check_file(source, "source")  # a name too long, a FIFO or a device: one line, before anything blocks
-    if p.suffix.lower() in IMAGE_EXTS:
-        read_image(p)  # fail now, with a clear message, if it is corrupt
-        return ImageSource([p], label, strict=True)
+    if p.suffix.lower() in IMAGE_EXTS:  # decoded now, so a corrupt file fails before anything starts
+        return ImageSource([p], label, strict=True, first=read_image(p))
     if p.suffix.lower() in VIDEO_EXTS:
         return VideoSource(p, label, False, stop=stop)
     try:  # unknown extension: try as an image, then as a video
-        read_image(p)
-        return ImageSource([p], label, strict=True)
+        return ImageSource([p], label, strict=True, first=read_image(p))
     except EmoError:
         pass
     try:
