@@ -150,8 +150,10 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print the list as
     for name, p in bundled_models().items():
         m = read_metadata(load_session(p), p.name)
         rows.append({"name": name, "kind": "emotion model (bundled; --model " + name + ")", "path": str(p), "bytes": p.stat().st_size,
-                     "arch": m.arch, "precision": m.precision,
-                     "val_accuracy": m.metrics.get(f"val_accuracy_{m.precision}", m.metrics.get("val_accuracy"))})
+                     "arch": m.arch, "precision": m.precision, "params": m.extra.get("params"), "macs": m.extra.get("macs"),
+                     "val_accuracy": m.metrics.get(f"val_accuracy_{m.precision}", m.metrics.get("val_accuracy")),
+                     "latency_ms": m.metrics.get("latency_ms_1thread"), "latency_vs_default": m.metrics.get("latency_vs_default"),
+                     "latency_device": m.metrics.get("latency_device")})
     for a in ASSETS.values():
         p = cached(a.name)
         rows.append({"name": a.name, "kind": a.what, "path": str(p or cache_dir() / a.file), "bytes": p.stat().st_size if p else None,
@@ -164,8 +166,17 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print the list as
             state = f"in the cache, {r['bytes']:,} bytes" if r["cached"] else f"not downloaded: emo-edge fetch {r['name']}"
             print(f"{r['name']:<28} {state}\n{'':<28} {r['kind']}; {r['path']}")
         else:
-            acc = f", PublicTest {r['val_accuracy']:.2%}" if isinstance(r["val_accuracy"], (int, float)) else ""
-            print(f"{r['name']:<28} {r['arch']} {r['precision']}, {r['bytes'] / 1024:.0f} KiB{acc}\n{'':<28} {r['path']}")
+            num = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
+            facts = [f"{r['arch']} {r['precision']}", f"{r['bytes'] / 1024:.0f} KiB"]
+            if num(r["params"]):
+                facts.append(f"{r['params'] / 1e3:.0f}k parameters")
+            if num(r["val_accuracy"]):
+                facts.append(f"PublicTest {r['val_accuracy']:.2%}")
+            if num(r["latency_ms"]):
+                ratio = f", {r['latency_vs_default']:.2f}x the default" if num(r["latency_vs_default"]) else ""
+                facts.append(f"{r['latency_ms']:.3f} ms per face on 1 thread{ratio}")
+            where = f" (measured on {r['latency_device']})" if num(r["latency_ms"]) and r["latency_device"] else ""
+            print(f"{r['name']:<28} {', '.join(facts)}\n{'':<28} {r['path']}{where}")
 
 
 @app.command()

@@ -35,6 +35,7 @@ from emo.edge_runtime.files import atomic_write_text
 from emo.edge_runtime.metadata import ModelMetadata, to_props
 from emo.edge_runtime.preprocess import InputSpec, normalize
 from emo.train.checkpoint import file_sha256, load_checkpoint, model_from_checkpoint
+from emo.train.models import count_macs, count_params
 
 from .options import CALIB_METHODS, ExportOptions, Gates
 
@@ -164,7 +165,8 @@ def publish(job: ExportJob, fp32: Path, int8: Path, results: dict) -> dict:
         stamp_metadata(path, ModelMetadata(
             arch=job.ck["arch"], precision=precision, input=job.spec, labels=tuple(job.ck.get("labels") or ()) or ModelMetadata.labels,
             output="logits", metrics=metrics, checkpoint_sha256=sha, emo_version=__version__,
-            extra={"arch_args": json.dumps(job.ck["arch_args"]), "opset": job.opts.opset, "calibration": results["calibration"]["method"]}))
+            extra={"arch_args": json.dumps(job.ck["arch_args"]), "opset": job.opts.opset, "calibration": results["calibration"]["method"],
+                   "params": count_params(job.model), "macs": count_macs(job.model, job.spec.size)}))
         Classifier(path)  # the edge runtime's own checks: metadata, input shape, dynamic batch
     passed = all(g["passed"] for g in results["gates"].values())
     dest = job.files(failed=not passed)
@@ -241,8 +243,32 @@ def torch_to_onnx(model: torch.nn.Module, spec: InputSpec, path: Path, opset: in
     onnx.checker.check_model(str(path))
 
 
+def compact_names(m: onnx.ModelProto) -> None:
+    """Give every internal tensor and node a short name (the graph's input and output keep theirs).
+    The exporters' descriptive names (``/features/3/body/0/0/Conv_output_0_quantized``...) are
+    repeated wherever a tensor is used and make up about an eighth of a small int8 file."""
+    g = m.graph
+    keep = {v.name for v in g.input} | {v.name for v in g.output}
+    new: dict[str, str] = {}
+
+    def short(name: str) -> str:
+        if not name or name in keep:
+            return name
+        return new.setdefault(name, format(len(new), "x"))
+
+    for t in g.initializer:
+        t.name = short(t.name)
+    for i, n in enumerate(g.node):
+        n.name = f"n{i:x}"
+        n.input[:] = [short(x) for x in n.input]
+        n.output[:] = [short(x) for x in n.output]
+    for v in g.value_info:
+        v.name = short(v.name)
+
+
 def stamp_metadata(path: Path, meta: ModelMetadata) -> None:
     m = onnx.load(str(path))
+    compact_names(m)
     props = {p.key: p.value for p in m.metadata_props}
     props.update(to_props(meta))
     del m.metadata_props[:]

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from emo.edge_runtime.errors import EmoError
-from emo.train.checkpoint import load_checkpoint
+from emo.train.checkpoint import load_checkpoint, model_from_checkpoint
 from emo.train.models import build_model
 from emo.train.recalibrate import batchnorm_layers, recalibrate_bn
 
@@ -59,6 +59,21 @@ def test_recalibrate_cli_writes_a_new_checkpoint(synthetic_fer, seed_run, tmp_pa
     assert r.returncode == 2 and "no BatchNorm" in r.stderr and "Traceback" not in r.stderr
     r = run_cli("emo-train", "recalibrate", tmp_path / "nope.pt", "--data", synthetic_fer)
     assert r.returncode == 2 and "does not exist" in r.stderr and "Traceback" not in r.stderr
+    # --half: float16 storage, about half the file, loads as float32, the accuracy printed is that of the float16 weights
+    r = run_cli("emo-train", "recalibrate", tmp_path / "s" / "model.pt", "--data", synthetic_fer, "--out", tmp_path, "--name", "h",
+                "--half", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert "rounded to float16" in r.stdout
+    half = load_checkpoint(tmp_path / "h" / "model.pt")
+    assert half["storage"] == "float16" and all(v.dtype == torch.float16 for v in half["state_dict"].values() if v.is_floating_point())
+    assert (tmp_path / "h" / "model.pt").stat().st_size < 0.7 * (tmp_path / "s-bn" / "model.pt").stat().st_size
+    full = model_from_checkpoint(new)
+    model = model_from_checkpoint(half)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    x = torch.randn(8, 1, 48, 48)
+    with torch.no_grad():
+        assert torch.allclose(model(x), full(x), atol=0.05)
+    assert half["metrics"]["best"]["val_accuracy"] == half["bn_recalibration"]["val_accuracy_after"]
 
 
 def test_fit_can_validate_and_save_recalibrated_statistics(synthetic_fer, tmp_path):

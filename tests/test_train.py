@@ -10,7 +10,7 @@ import torch
 
 from emo.edge_runtime.errors import EmoError
 from emo.train.checkpoint import load_checkpoint, model_from_checkpoint
-from emo.train.models import REGISTRY, build_model, count_macs, count_params
+from emo.train.models import REGISTRY, build_model, count_macs, count_params, grow_state_dict
 from emo.train.augment import augment, mixup, step_generator
 from emo.train.config import TrainConfig
 from emo.train.distill import teacher_probs
@@ -38,6 +38,44 @@ def test_registered_archs_are_small_and_run(arch):
     assert m(torch.zeros(3, 1, 48, 48)).shape == (3, 7)
     if arch != "seed":
         assert count_params(m) <= 1_000_000 and count_macs(m) < 70e6
+
+
+def test_emonet_layout_options():
+    base = build_model("emonet", widths=[16, 32, 64], blocks=[1, 1])
+    strided = build_model("emonet", widths=[16, 32, 64], blocks=[1, 1], stem_stride=2)
+    assert count_params(strided) == count_params(base) and count_macs(strided) < count_macs(base) / 3
+    mixed = build_model("emonet", widths=[16, 32, 64], blocks=[1, 2], sep=[False, True], stem_blocks=1)
+    kinds = [len(b.body) for b in mixed.features if hasattr(b, "body")]
+    assert kinds == [2, 2, 4, 4]  # the stem block follows the first stage (plain), the second stage is separable
+    assert mixed(torch.zeros(2, 1, 48, 48)).shape == (2, 7)
+    with pytest.raises(EmoError, match="one per stage"):
+        build_model("emonet", widths=[16, 32, 64], blocks=[1, 1], sep=[True])
+
+
+def test_grown_emonet_starts_as_the_small_one():
+    torch.manual_seed(0)
+    small = build_model("emonet", widths=[8, 16, 32], blocks=[1, 1])
+    for m in small.modules():  # trained-looking weights: non-zero residual branches and BN statistics
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.weight.data.uniform_(0.5, 1.5), m.running_mean.data.normal_(0, 0.1), m.running_var.data.uniform_(0.5, 2)
+    big = build_model("emonet", widths=[8, 16, 32], blocks=[2, 3], stem_blocks=1)
+    big.load_state_dict(grow_state_dict(small, small.state_dict(), big))
+    x = torch.randn(4, 1, 48, 48)
+    with torch.no_grad():
+        assert torch.allclose(small.eval()(x), big.eval()(x), atol=1e-6)
+    for other in (build_model("emonet", widths=[8, 16, 48], blocks=[2, 2]), build_model("emonet", widths=[8, 16, 32], blocks=[2, 2], sep=True),
+                  build_model("emonet", widths=[8, 16, 32], blocks=[0, 2]), build_model("emonet-s")):
+        assert grow_state_dict(small, small.state_dict(), other) is None
+
+
+def test_fit_grows_a_smaller_emonet(synthetic_fer, tmp_path):
+    args = ["--set", "arch=emonet", "--set", "max_steps=1", "--set", "batch_size=16"]
+    r = _fit(synthetic_fer, tmp_path, "small", *args, "--set", 'arch_args={"widths": [8, 16, 32], "blocks": [1, 1]}')
+    assert r.returncode == 0, r.stderr
+    init = json.dumps(str(tmp_path / "small" / "model.pt"))
+    r = _fit(synthetic_fer, tmp_path, "big", *args, "--set", 'arch_args={"widths": [8, 16, 32], "blocks": [2, 2]}', "--set", f"init_from={init}")
+    assert r.returncode == 0, r.stderr
+    assert "grown to" in r.stdout
 
 
 def test_unknown_arch():

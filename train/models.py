@@ -121,24 +121,36 @@ class EmoNet(nn.Module):
 
     No large fully-connected layer (the seed's fc holds 99% of its weights), batch norm that the
     exporter folds into the convs, and ReLU only, which quantises well to int8.
+
+    ``stem_stride=2`` halves the resolution in the stem (the full-resolution stem is most of a
+    small model's int8 latency); ``stem_blocks`` residual blocks follow the stem (with the first
+    stage's ``sep``); ``sep`` is one flag or one per stage.
     """
 
     def __init__(
         self,
         widths: tuple[int, ...] = (16, 32, 64, 128),
         blocks: tuple[int, ...] = (1, 1, 2),
-        sep: bool = False,
+        sep: bool | tuple[bool, ...] = False,
         dropout: float = 0.2,
         num_classes: int = NUM_CLASSES,
+        stem_stride: int = 1,
+        stem_blocks: int = 0,
     ):
         super().__init__()
         widths, blocks = tuple(widths), tuple(blocks)
         if len(widths) != len(blocks) + 1:
             raise EmoError("emonet: widths needs one more entry (the stem) than blocks")
-        layers: list[nn.Module] = [conv_bn(1, widths[0])]
+        seps = tuple(sep) if isinstance(sep, (list, tuple)) else (bool(sep),) * len(blocks)
+        if len(seps) != len(blocks):
+            raise EmoError("emonet: sep is one flag, or one per stage (as many as blocks)")
+        layers: list[nn.Module] = [conv_bn(1, widths[0], stride=stem_stride)]
+        layers.extend(ResBlock(widths[0], sep=seps[0]) for _ in range(stem_blocks))
+        self.roles: list[tuple] = [("stem",)] + [("block", 0, j) for j in range(stem_blocks)]
         for i, n in enumerate(blocks):
             layers.append(conv_bn(widths[i], widths[i + 1], stride=2))
-            layers.extend(ResBlock(widths[i + 1], sep=sep) for _ in range(n))
+            layers.extend(ResBlock(widths[i + 1], sep=seps[i]) for _ in range(n))
+            self.roles += [("down", i + 1)] + [("block", i + 1, j) for j in range(n)]
         self.features = nn.Sequential(*layers)
         self.head = nn.Sequential(
             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(widths[-1], num_classes)
@@ -152,6 +164,31 @@ class EmoNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
+
+
+def grow_state_dict(small: nn.Module, state_dict: dict, big: nn.Module) -> dict | None:
+    """``big``'s state dict with ``state_dict`` (the weights of ``small``) in place, when ``big``
+    is ``small`` with more residual blocks per stage (same widths, strides and block types); None
+    otherwise. Each stage's blocks keep their order and the new ones follow them, keeping their
+    initialisation: a residual branch whose last BatchNorm scale is zero, so the grown network
+    starts out computing exactly what the small one did."""
+    if not (isinstance(small, EmoNet) and isinstance(big, EmoNet)):
+        return None
+    where = {role: i for i, role in enumerate(big.roles)}
+    out = big.state_dict()
+    for k, v in state_dict.items():
+        if not k.startswith("features."):
+            if k not in out or out[k].shape != v.shape:
+                return None
+            out[k] = v
+            continue
+        _, idx, rest = k.split(".", 2)
+        role = small.roles[int(idx)]
+        nk = f"features.{where[role]}.{rest}" if role in where else None
+        if nk not in out or out[nk].shape != v.shape or type(small.features[int(idx)]) is not type(big.features[where[role]]):
+            return None
+        out[nk] = v
+    return out
 
 
 @register("seed")
@@ -171,3 +208,44 @@ def emonet_s(**kw) -> nn.Module:
     kw.setdefault("blocks", (1, 2, 2))
     kw.setdefault("sep", True)
     return EmoNet(**kw)
+
+
+class MiniXception(nn.Module):
+    """The classic mini-Xception for FER2013 (Arriaga, Valdenegro-Toro and Plöger, "Real-time
+    Convolutional Neural Networks for Emotion and Gender Classification", 2017), rebuilt here from
+    the paper's description as a reference point for the model ladder: two plain 3x3 convs with 8
+    filters (no padding), four modules of two depthwise-separable 3x3 convs (16, 32, 64, 128
+    filters) and a 3x3 max-pool with a strided 1x1 shortcut, then a 3x3 conv to one map per class
+    and global average pooling. About 58k parameters."""
+
+    def __init__(self, widths: tuple[int, ...] = (16, 32, 64, 128), num_classes: int = NUM_CLASSES):
+        super().__init__()
+
+        def sep(cin: int, cout: int, act: bool) -> list[nn.Module]:
+            layers = [nn.Conv2d(cin, cin, 3, padding=1, groups=cin, bias=False), nn.Conv2d(cin, cout, 1, bias=False),
+                      nn.BatchNorm2d(cout)]
+            return layers + [nn.ReLU(inplace=True)] if act else layers
+
+        self.stem = nn.Sequential(
+            nn.Conv2d(1, 8, 3, bias=False), nn.BatchNorm2d(8), nn.ReLU(inplace=True),
+            nn.Conv2d(8, 8, 3, bias=False), nn.BatchNorm2d(8), nn.ReLU(inplace=True),
+        )
+        self.shortcuts = nn.ModuleList()
+        self.bodies = nn.ModuleList()
+        cin = 8
+        for w in widths:
+            self.shortcuts.append(nn.Sequential(nn.Conv2d(cin, w, 1, stride=2, bias=False), nn.BatchNorm2d(w)))
+            self.bodies.append(nn.Sequential(*sep(cin, w, True), *sep(w, w, False), nn.MaxPool2d(3, 2, padding=1)))
+            cin = w
+        self.head = nn.Sequential(nn.Conv2d(cin, num_classes, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for short, body in zip(self.shortcuts, self.bodies):
+            x = short(x) + body(x)
+        return self.head(x)
+
+
+@register("mini-xception")
+def mini_xception(**kw) -> nn.Module:
+    return MiniXception(**kw)

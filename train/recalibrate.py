@@ -74,10 +74,12 @@ def recalibrate_bn(model: nn.Module, x: torch.Tensor, *, flip: bool = True, batc
 
 def recalibrate_checkpoint(checkpoint: str | Path, data: str, out: str = "runs", name: str | None = None,
                            flip: bool = True, limit_per_class: int | None = None, progress: bool = True,
-                           log=print) -> Path:
+                           log=print, half: bool = False) -> Path:
     """Load ``checkpoint``, recalibrate its BatchNorm statistics on the training faces of ``data``,
     validate before and after on the faces the trainer validated on, and write
-    OUT/NAME/{model.pt,metrics.json,log.csv,confusion.png}; returns OUT/NAME."""
+    OUT/NAME/{model.pt,metrics.json,log.csv,confusion.png}; returns OUT/NAME. With ``half``, the
+    weights are stored in float16 (half the file, for checkpoints kept in the repository) and the
+    accuracy reported is that of the float16 weights (loading casts them back to float32)."""
     ck = load_checkpoint(checkpoint)
     model = model_from_checkpoint(ck).eval()
     if not batchnorm_layers(model):
@@ -103,6 +105,12 @@ def recalibrate_checkpoint(checkpoint: str | Path, data: str, out: str = "runs",
     rep_after, _ = evaluate_split(model, val_split, spec, device)
     after = rep_after["accuracy"]
     log(f"val accuracy with recalibrated statistics: {after * 100:.2f}% ({(after - before) * 100:+.2f} points)")
+    if half:
+        model.load_state_dict({k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()})
+        rep_after, _ = evaluate_split(model, val_split, spec, device)
+        log(f"val accuracy with the weights rounded to float16: {rep_after['accuracy'] * 100:.2f}% "
+            f"({(rep_after['accuracy'] - after) * 100:+.2f} points)")
+        after = rep_after["accuracy"]
 
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -118,6 +126,9 @@ def recalibrate_checkpoint(checkpoint: str | Path, data: str, out: str = "runs",
               "val_accuracy_before": before, "val_accuracy_after": after}
     new = make_checkpoint(model, ck["arch"], ck["arch_args"], ck["input"], cfg, ck.get("data") or {}, metrics,
                           bn_recalibration=record)
+    if half:
+        new["state_dict"] = {k: v.half() if v.is_floating_point() else v for k, v in new["state_dict"].items()}
+        new["storage"] = "float16"
     save_atomic(new, run_dir / "model.pt")
     write_logs(run_dir, metrics.get("history") or [], best, rep_after, plots=True)
     log(f"wrote {run_dir / 'model.pt'}")

@@ -35,12 +35,12 @@ from emo.edge_runtime.preprocess import InputSpec, normalize
 from emo.edge_runtime.stopping import StopFlag
 
 from .augment import augment, epoch_permutation, mixup, step_generator
-from .checkpoint import load_checkpoint, make_checkpoint, save_atomic
+from .checkpoint import load_checkpoint, make_checkpoint, model_from_checkpoint, save_atomic
 from .config import TrainConfig
 from .data import train_val_splits
 from .distill import ema_update, load_teachers, make_ema, teacher_probs
 from .evaluate import evaluate_split
-from .models import build_model, count_macs, count_params
+from .models import build_model, count_macs, count_params, grow_state_dict
 from .optim import lr_factor, make_optimizer, set_lr
 from .recalibrate import batchnorm_layers, recalibrate_bn
 from .runlog import write_logs
@@ -372,11 +372,17 @@ def build_student(cfg: TrainConfig, resuming: bool, log: Callable) -> tuple[nn.M
     log(f"model {cfg.arch} {cfg.arch_args or ''}: {info['params']:,} parameters, {info['macs'] / 1e6:.1f}M MACs per face")
     if cfg.init_from and not resuming:
         init = load_checkpoint(cfg.init_from)
-        if init["arch"] != cfg.arch or init["arch_args"] != json.loads(json.dumps(cfg.arch_args)):
-            raise EmoError(f"init_from {cfg.init_from} is {init['arch']} {init['arch_args']}, but this run trains "
-                           f"{cfg.arch} {cfg.arch_args}; use a checkpoint of the same architecture")
-        model.load_state_dict(init["state_dict"])
-        log(f"starting from the weights of {cfg.init_from}")
+        if init["arch"] == cfg.arch and init["arch_args"] == json.loads(json.dumps(cfg.arch_args)):
+            model.load_state_dict(init["state_dict"])
+            log(f"starting from the weights of {cfg.init_from}")
+        else:
+            grown = grow_state_dict(model_from_checkpoint(init), init["state_dict"], model)
+            if grown is None:
+                raise EmoError(f"init_from {cfg.init_from} is {init['arch']} {init['arch_args']}, but this run trains "
+                               f"{cfg.arch} {cfg.arch_args}; use a checkpoint of the same architecture (or an "
+                               f"emonet with the same widths and fewer blocks, to grow it)")
+            model.load_state_dict(grown)
+            log(f"starting from the weights of {cfg.init_from}, grown to {cfg.arch_args} (new blocks start as identity)")
     return model, info
 
 
