@@ -62,3 +62,37 @@ def test_compare_merges_devices(tmp_path, seed_run):
     md = (tmp_path / "cmp.md").read_text()
     assert "Raspberry Pi 5 Model B (pretend)" in md and md.count("\n|") >= 6
     assert (tmp_path / "cmp.png").stat().st_size > 1000
+
+
+def test_ladder_table_chart_and_stamp(tmp_path, seed_run):
+    """benchmarks/ladder.py on the bundled models plus a reference file: one interleaved latency
+    run, accuracy from the metadata (no --data), the chart; --stamp on a copy of a model only."""
+    import shutil
+
+    from emo.edge_runtime.classifier import Classifier
+
+    out = tmp_path / "l.json"
+    run("ladder.py", f"ref={seed_run / 'model.int8.onnx'}", "default", "--runs", 20, "--warmup", 2, "--out", out)
+    d = json.loads(out.read_text())
+    check_device(d["device"])
+    rows = {r["label"]: r for r in d["rows"]}
+    assert set(rows) == {"ref", "default"} and rows["default"]["bundled"] and not rows["ref"]["bundled"]
+    assert rows["default"]["vs_default"] == 1.0 and rows["ref"]["vs_default"] > 0
+    assert rows["default"]["accuracy"] == Classifier("default").meta.metrics["val_accuracy_int8"]
+    assert out.with_suffix(".png").stat().st_size > 10_000 and d["chart"].endswith(".png")
+    assert "| model | arch | params |" in out.with_suffix(".md").read_text()
+    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "ladder.py"), "nope=missing.onnx", "--out", out],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "does not exist" in r.stderr and "Traceback" not in r.stderr
+    # what --stamp does to each bundled file, done to a copy of another model
+    copy = tmp_path / "m.int8.onnx"
+    shutil.copy(seed_run / "model.int8.onnx", copy)
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import ladder
+    finally:
+        sys.path.pop(0)
+    ladder.stamp_latency(copy, 0.123, 0.5, "test cpu")
+    m = Classifier(copy).meta
+    assert m.metrics["latency_ms_1thread"] == 0.123 and m.metrics["latency_vs_default"] == 0.5 and m.metrics["latency_device"] == "test cpu"
+    assert m.metrics["val_accuracy_int8"] == Classifier(seed_run / "model.int8.onnx").meta.metrics["val_accuracy_int8"]

@@ -78,6 +78,31 @@ def test_fit_grows_a_smaller_emonet(synthetic_fer, tmp_path):
     assert "grown to" in r.stdout
 
 
+def test_ensemble_averages_its_members_and_exports(synthetic_fer, tmp_path):
+    args = ["--set", "max_steps=2", "--set", "batch_size=16"]
+    for name, arch in (("a", "emonet-s"), ("b", "mini-xception")):
+        r = _fit(synthetic_fer, tmp_path, name, "--set", f"arch={arch}", *args)
+        assert r.returncode == 0, r.stderr
+    a, b = tmp_path / "a" / "model.pt", tmp_path / "b" / "model.pt"
+    r = run_cli("emo-train", "ensemble", a, b, "--data", synthetic_fer, "--out", tmp_path, "--name", "e")
+    assert r.returncode == 0, r.stderr
+    assert "ensemble of 2: val accuracy" in r.stdout and r.stdout.count("member ") == 2
+    ens = model_from_checkpoint(load_checkpoint(tmp_path / "e" / "model.pt"))
+    x = torch.randn(3, 1, 48, 48)
+    with torch.no_grad():
+        want = (model_from_checkpoint(load_checkpoint(a))(x) + model_from_checkpoint(load_checkpoint(b))(x)) / 2
+        assert torch.allclose(ens(x), want, atol=1e-5)
+    r = run_cli("emo-export", tmp_path / "e" / "model.pt", "--min-agreement", 0.5, "--max-acc-drop", 0.5)
+    assert r.returncode == 0, r.stderr + r.stdout
+    # user errors: one line each
+    r = run_cli("emo-train", "ensemble", a, "--data", synthetic_fer, "--out", tmp_path, "--name", "one")
+    assert r.returncode == 2 and "at least two" in r.stderr and "Traceback" not in r.stderr
+    r = run_cli("emo-train", "ensemble", a, tmp_path / "e" / "model.pt", "--data", synthetic_fer, "--out", tmp_path, "--name", "nested")
+    assert r.returncode == 2 and "already an ensemble" in r.stderr and "Traceback" not in r.stderr
+    r = run_cli("emo-train", "ensemble", a, b, "--data", synthetic_fer, "--out", tmp_path, "--name", "a")
+    assert r.returncode == 2 and "folder of a member" in r.stderr and "Traceback" not in r.stderr
+
+
 def test_unknown_arch():
     with pytest.raises(EmoError, match="unknown architecture"):
         build_model("resnet152")

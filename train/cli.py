@@ -110,6 +110,24 @@ def recalibrate(
                            progress=progress, log=lambda *a: print(*a, flush=True), half=half)
 
 
+
+@app.command()
+def ensemble(
+    checkpoints: List[Path] = typer.Argument(..., help="Two or more model.pt files (same input size, mean and std)."),
+    data: str = typer.Option(..., help="FER2013 root or fer2013.csv: its val faces give the accuracy reported and recorded."),
+    out: str = typer.Option("runs", help="Folder for runs."),
+    name: str = typer.Option(..., help="Run name: writes OUT/NAME/model.pt."),
+    half: bool = typer.Option(False, "--half", help="Store the weights in float16 (half the file; the accuracy printed is theirs)."),
+) -> None:
+    """Join trained models into one checkpoint whose output is the average of their logits.
+
+    The result exports as one ONNX graph (emo-export OUT/NAME/model.pt): one onnxruntime call per
+    batch of faces runs every member. Prints each member's val accuracy and the ensemble's.
+    """
+    from .ensemble import build_ensemble
+
+    build_ensemble(checkpoints, data, out=out, name=name, half=half, log=lambda *a: print(*a, flush=True))
+
 def main() -> None:
     cli_main(app, "emo-train", "emo-train needs the training install: pip install 'emo[train]'")
 

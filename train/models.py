@@ -249,3 +249,29 @@ class MiniXception(nn.Module):
 @register("mini-xception")
 def mini_xception(**kw) -> nn.Module:
     return MiniXception(**kw)
+
+
+class Ensemble(nn.Module):
+    """Several emo models in one graph, for the large rung: each sees the same face and their
+    logits are averaged (one ONNX file, one onnxruntime call). ``members`` lists each model's
+    ``{"arch": ..., "arch_args": {...}}``; `emo-train ensemble` builds one from checkpoints."""
+
+    def __init__(self, members: list, num_classes: int = NUM_CLASSES):
+        super().__init__()
+        if not members:
+            raise EmoError("ensemble: members is empty; name at least two checkpoints")
+        built = []
+        for m in members:
+            if not isinstance(m, dict) or "arch" not in m or m["arch"] == "ensemble":
+                raise EmoError(f"ensemble: each member is {{'arch': NAME, 'arch_args': {{...}}}} of a single model, not {m!r}")
+            built.append(build_model(m["arch"], **{"num_classes": num_classes, **(m.get("arch_args") or {})}))
+        self.members = nn.ModuleList(built)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(x) for m in self.members]).mean(0)
+
+
+@register("ensemble")
+def ensemble(**kw) -> nn.Module:
+    kw.setdefault("members", [{"arch": "emonet-s"}, {"arch": "mini-xception"}])
+    return Ensemble(**kw)

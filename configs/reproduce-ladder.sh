@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Rebuild the model ladder's tiny and large models (and the mini-Xception reference point) from
+# FER2013 and the default model's checkpoint, which the repository keeps (models/emo_default.pt):
+#   bash configs/reproduce-ladder.sh ../shared/data/fer2013
+# The recipes read the default model as runs/emonet-kd3-bn/model.pt, the name the default's own
+# chain (reproduce-default.sh) gives it; without that run, this links the kept checkpoint there.
+# Each stage is resumable: after Ctrl-C, rerun this script; a stage with a last.pt continues from it.
+# Then export, measure and bundle: see MODEL_CARD.md, "The model ladder".
+set -euo pipefail
+data=${1:?usage: reproduce-ladder.sh FER2013_ROOT}
+out=runs
+if [ ! -e "$out/emonet-kd3-bn/model.pt" ]; then
+  mkdir -p "$out/emonet-kd3-bn"
+  ln -s "$(pwd)/models/emo_default.pt" "$out/emonet-kd3-bn/model.pt"
+fi
+stage() {  # stage NAME CONFIG
+  if [ -f "$out/$1/last.pt" ]; then
+    emo-train fit --resume "$out/$1" --data "$data"
+  else
+    emo-train fit -c "$2" --data "$data" --out "$out"
+  fi
+}
+stage emonet-tiny3 configs/emonet-tiny3.toml
+stage emonet-large configs/emonet-large.toml
+stage mini-xception configs/mini-xception.toml
+# BatchNorm statistics re-estimated on the plain training faces (writes $out/NAME-bn), then export;
+# the large checkpoint is stored in float16 (the repository keeps it: models/emo_large.pt)
+emo-train recalibrate "$out/emonet-tiny3/model.pt" --data "$data" --out "$out"
+emo-train recalibrate "$out/emonet-large/model.pt" --data "$data" --out "$out" --half
+emo-train recalibrate "$out/mini-xception/model.pt" --data "$data" --out "$out"
+for run in emonet-tiny3-bn emonet-large-bn mini-xception-bn; do
+  emo-export "$out/$run/model.pt" --calib-data "$data" --calib-size 1000 --crop-margin 0
+done

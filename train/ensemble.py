@@ -1,0 +1,64 @@
+"""`emo-train ensemble`: several trained checkpoints joined into one (their logits averaged)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from emo.edge_runtime.errors import EmoError
+from emo.edge_runtime.preprocess import InputSpec
+
+from .checkpoint import file_sha256, load_checkpoint, make_checkpoint, model_from_checkpoint, save_atomic
+from .data import train_val_splits
+from .evaluate import evaluate_split
+from .models import Ensemble
+from .runlog import write_logs
+
+
+def build_ensemble(checkpoints: list[Path], data: str, out: str = "runs", name: str = "", half: bool = False, log=print) -> Path:
+    """Load the member checkpoints, check they read the same input, validate each and the
+    ensemble on ``data``'s val faces, and write OUT/NAME/model.pt; returns OUT/NAME."""
+    if len(checkpoints) < 2:
+        raise EmoError("an ensemble needs at least two checkpoints")
+    cks = [load_checkpoint(p) for p in checkpoints]
+    spec = InputSpec.from_dict(cks[0]["input"])
+    for p, ck in zip(checkpoints[1:], cks[1:]):
+        if InputSpec.from_dict(ck["input"]) != spec:
+            raise EmoError(f"{p} reads input {ck['input']}, {checkpoints[0]} reads {cks[0]['input']}; members must read the same input")
+        if ck["arch"] == "ensemble":
+            raise EmoError(f"{p} is already an ensemble; list its members instead")
+    run_dir = Path(out) / name
+    if any(run_dir.resolve() == Path(p).resolve().parent for p in checkpoints):
+        raise EmoError(f"--name {name} would write into the folder of a member checkpoint; pick another name")
+    members = [{"arch": ck["arch"], "arch_args": ck["arch_args"]} for ck in cks]
+    model = Ensemble(members)
+    for sub, ck in zip(model.members, cks):
+        sub.load_state_dict(model_from_checkpoint(ck).state_dict())
+    if half:
+        model.load_state_dict({k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()})
+    model.eval()
+    cfg = cks[0].get("config") or {}
+    _, val = train_val_splits(data, spec.size, None, cfg.get("val_fraction", 0.1), int(cfg.get("seed", 0)))
+    device = torch.device("cpu")
+    accs = []
+    for p, sub in zip(checkpoints, model.members):
+        accs.append(evaluate_split(sub, val, spec, device)[0]["accuracy"])
+        log(f"member {p}: val accuracy {accs[-1] * 100:.2f}%")
+    rep, _ = evaluate_split(model, val, spec, device)
+    log(f"ensemble of {len(cks)}{' (float16 weights)' if half else ''}: val accuracy {rep['accuracy'] * 100:.2f}% "
+        f"({(rep['accuracy'] - max(accs)) * 100:+.2f} points over the best member; n={len(val.labels)})")
+    best = {"val_accuracy": rep["accuracy"], "val_macro_f1": rep["macro_f1"], "member_val_accuracy": accs}
+    record = [{"checkpoint": str(p), "sha256": file_sha256(p)} for p in checkpoints]
+    ck = make_checkpoint(model, "ensemble", {"members": members}, cks[0]["input"], {"name": name, "members": record},
+                         cks[0].get("data") or {}, {"best": best, "history": []}, ensemble=record)
+    if half:
+        ck["state_dict"] = {k: v.half() if v.is_floating_point() else v for k, v in ck["state_dict"].items()}
+        ck["storage"] = "float16"
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise EmoError(f"cannot write run folder {run_dir}: {e.strerror}; pass --out to a writable folder") from None
+    save_atomic(ck, run_dir / "model.pt")
+    write_logs(run_dir, [], best, rep, plots=True)
+    log(f"wrote {run_dir / 'model.pt'}")
+    return run_dir
