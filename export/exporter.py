@@ -37,6 +37,7 @@ from emo.edge_runtime.preprocess import InputSpec, normalize
 from emo.train.checkpoint import file_sha256, load_checkpoint, model_from_checkpoint
 from emo.train.models import count_macs, count_params
 
+from .equalize import equalize_separable
 from .options import CALIB_METHODS, ExportOptions, Gates
 
 METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}
@@ -122,9 +123,14 @@ def prepare(ckpt: Path, opts: ExportOptions, log: Callable[[str], None]) -> Expo
 def build(job: ExportJob, tmp: Path, log: Callable[[str], None]) -> tuple[Path, dict[str, Path]]:
     """The fp32 ONNX file, and one int8 file per calibration method to try."""
     fp32 = tmp / "fp32.onnx"
-    log(f"exporting {job.ck['arch']} to ONNX (opset {job.opts.opset}, dynamic batch)")
-    torch_to_onnx(job.model, job.spec, fp32, job.opts.opset)
     x_cal = normalize(job.calib.images, job.spec)
+    model = job.model
+    if job.opts.equalize:
+        model, n = equalize_separable(job.model, torch.from_numpy(x_cal))
+        if n:
+            log(f"equalised the activation ranges of {n} depthwise convs on the calibration faces (same function; --no-equalize skips)")
+    log(f"exporting {job.ck['arch']} to ONNX (opset {job.opts.opset}, dynamic batch)")
+    torch_to_onnx(model, job.spec, fp32, job.opts.opset)
     candidates = {}
     for m in list(METHODS) if job.opts.calib_method == "auto" else [job.opts.calib_method]:
         log(f"quantising to int8 (QDQ, {'per-channel' if job.opts.per_channel else 'per-tensor'} weights, {m} calibration on {len(x_cal)} faces)")
@@ -147,7 +153,7 @@ def verify(job: ExportJob, fp32: Path, int8_candidates: dict[str, Path], log: Ca
     method = max(accs, key=accs.get)
     res = check_gates(ref, out32, outs[method], labels, job.opts.gates)
     res["calibration"] = {"method": method, "faces": int(len(job.calib.labels)), "data": job.calib.report.source,
-                          "per_channel": job.opts.per_channel}
+                          "per_channel": job.opts.per_channel, "equalize": job.opts.equalize}
     res["verification_data"] = job.val.report.source
     lat = latency_pair({"fp32": fp32, "int8": int8_candidates[method]}, job.spec)
     res["latency_ms_1thread"] = {**lat, "int8_over_fp32": lat["int8"] / lat["fp32"]}

@@ -33,4 +33,5 @@ class ExportOptions:
     ort_format: bool = False
     seed: int = 0  # for sampling calibration and validation faces
     crop_margin: Optional[float] = None  # override the checkpoint's crop margin for the runtime
+    equalize: bool = True  # equalise depthwise-separable activation ranges before int8 (export/equalize.py)
     gates: Gates = field(default_factory=Gates)
