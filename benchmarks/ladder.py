@@ -88,7 +88,7 @@ def chart(rows: list[dict], path: Path, title: str) -> bool:
         b = sorted(bundled, key=lambda r: r["latency_ms"])
         ax.plot([r["latency_ms"] for r in b], [r["accuracy"] * 100 for r in b], "-o", color="#1f77b4", label="emo ladder (int8)")
     if others:
-        ax.plot([r["latency_ms"] for r in others], [r["accuracy"] * 100 for r in others], "s", color="#d62728", label="reference")
+        ax.plot([r["latency_ms"] for r in others], [r["accuracy"] * 100 for r in others], "s", color="#d62728", label="reference, trained here")
     for r in rows:
         ax.annotate(f"{r['label']}\n{r['bytes'] / 1024:.0f} KiB, {r['accuracy']:.1%}", (r["latency_ms"], r["accuracy"] * 100),
                     textcoords="offset points", xytext=(6, -14), fontsize=8)
@@ -100,7 +100,7 @@ def chart(rows: list[dict], path: Path, title: str) -> bool:
     ax.set_ylim(lo - 1.5, hi + 1.0)
     ax.set_xlim(0, max(r["latency_ms"] for r in rows) * 1.35)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp.png")

@@ -186,3 +186,35 @@ def test_clear_errors(tmp_path, seed_run):
     (tmp_path / "afile").write_text("x")
     r = run_cli("emo-export", seed_run / "model.pt", "--out-dir", tmp_path / "afile" / "sub")
     assert r.returncode == 2 and "cannot create output folder" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_equalisation_keeps_the_function_and_evens_the_ranges():
+    from emo.export.equalize import equalize_separable, separable_pairs
+
+    torch.manual_seed(0)
+    model = REGISTRY["emonet-s"]().eval()
+    for m in model.modules():  # uneven channels, as training leaves them
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.weight.data.uniform_(0.05, 3.0), m.running_var.data.uniform_(0.5, 2)
+    x = torch.randn(64, 1, 48, 48)
+    pairs = separable_pairs(model)
+    assert len(pairs) == 2 * 5  # two depthwise -> 1x1 pairs in each of emonet-s's five separable blocks
+    eq, n = equalize_separable(model, x)
+    assert n == len(pairs) and eq is not model
+    def ranges(m):
+        seen = []
+        hooks = [bn.register_forward_hook(lambda mod, i, o: seen.append(o.abs().amax(dim=(0, 2, 3)))) for _, bn, _ in separable_pairs(m)]
+        with torch.no_grad():
+            out = m(x)
+        for h in hooks:
+            h.remove()
+        return out, seen
+
+    (ref, before), (out, after) = ranges(model), ranges(eq)
+    assert torch.allclose(out, ref, atol=1e-4)
+    for b, a in zip(before, after):  # each channel scaled up to the widest one's range (at most 100x)
+        want = torch.minimum(b * 100, b.max().expand_as(b))
+        assert torch.allclose(a, want, rtol=1e-3, atol=1e-6)
+    plain = REGISTRY["emonet"]().eval()
+    same, n = equalize_separable(plain, x)
+    assert n == 0 and same is plain  # nothing separable: untouched
