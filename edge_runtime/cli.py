@@ -173,7 +173,7 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print the list as
             if num(r["val_accuracy"]):
                 facts.append(f"PublicTest {r['val_accuracy']:.2%}")
             if num(r["latency_ms"]):
-                ratio = f", {r['latency_vs_default']:.2f}x the default" if num(r["latency_vs_default"]) else ""
+                ratio = f", {r['latency_vs_default']:.2f}x the default" if num(r["latency_vs_default"]) and r["name"] != "default" else ""
                 facts.append(f"{r['latency_ms']:.3f} ms per face on 1 thread{ratio}")
             where = f" (measured on {r['latency_device']})" if num(r["latency_ms"]) and r["latency_device"] else ""
             print(f"{r['name']:<28} {', '.join(facts)}\n{'':<28} {r['path']}{where}")
