@@ -96,3 +96,11 @@ def test_ladder_table_chart_and_stamp(tmp_path, seed_run):
     m = Classifier(copy).meta
     assert m.metrics["latency_ms_1thread"] == 0.123 and m.metrics["latency_vs_default"] == 0.5 and m.metrics["latency_device"] == "test cpu"
     assert m.metrics["val_accuracy_int8"] == Classifier(seed_run / "model.int8.onnx").meta.metrics["val_accuracy_int8"]
+
+
+def test_probe_arch_times_untrained_candidates():
+    r = run("probe_arch.py", '{"small": ["emonet", {"widths": [8, 16, 32], "blocks": [1, 1], "stem_stride": 2}]}', "--runs", 20, "--warmup", 2)
+    rows = [line for line in r.stdout.splitlines() if line.startswith("| small |")]
+    assert len(rows) == 1 and rows[0].rstrip().endswith("x |")
+    bad = subprocess.run([sys.executable, str(REPO / "benchmarks" / "probe_arch.py"), '{"x": ["nope", {}]}'], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "unknown architecture" in bad.stderr and "Traceback" not in bad.stderr
