@@ -28,7 +28,7 @@ SUITE=${EMO_ARM64_SUITE:-bookworm}
 MIRROR=${EMO_ARM64_MIRROR:-http://deb.debian.org/debian}
 read -r -a CPUS <<<"${EMO_ARM64_CPUS:-cortex-a72 cortex-a76}"
 SHARED=${EMO_SHARED_DATA:-$REPO/../shared/data}
-TESTS="tests/test_golden.py tests/test_edge.py tests/test_preprocess.py tests/test_metadata.py tests/test_dataset.py tests/test_default_model.py"
+TESTS="tests/test_golden.py tests/test_edge.py tests/test_preprocess.py tests/test_metadata.py tests/test_dataset.py tests/test_models.py"
 SRC=/opt/emo-src VENV=/opt/emo-venv DATA=/opt/emo-data MARK=.emo-arm64-root
 
 setup_fail() { echo "SETUP-FAIL: $*"; exit 3; }

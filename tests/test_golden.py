@@ -1,14 +1,14 @@
-"""Golden outputs of the bundled default model: any machine (a Raspberry Pi included) checks
-with plain pytest that it detects and scores faces as the machine that recorded them did.
+"""Golden outputs of the bundled models: any machine (a Raspberry Pi included) checks with plain
+pytest that it detects and scores faces as the machine that recorded them did.
 
-``tests/golden/emo_default.json`` holds, for the bundled int8 model (by sha256): the Haar boxes
+``tests/golden/emo_<name>.json`` holds, for each bundled int8 model (by sha256): the Haar boxes
 on ``examples/astronaut.png``, and the raw model outputs (logits) for crops of that photo, for
 cartoon faces drawn here without random numbers, and, when EMO_SHARED_DATA is set, for the first
 FER2013 val image of each class. Rewrite it (after a deliberate change of the model or the
 preprocessing) with ``EMO_UPDATE_GOLDEN=1 python -m pytest tests/test_golden.py``.
 
 Tolerances: int8 kernels and image resizing may round differently on other CPUs and library
-versions, so logits may move by a couple of the model's output quantisation steps (0.03 each);
+versions, so logits may move by a couple of the model's output quantisation steps (about 0.03);
 boxes by a few pixels. The top emotion must not change where it was clear (margin over 0.2).
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 import pytest
 
-from emo.edge_runtime.classifier import DEFAULT_MODEL, Classifier
+from emo.edge_runtime.classifier import Classifier, bundled_models
 from emo.edge_runtime.faces import HaarDetector
 from emo.edge_runtime.files import atomic_write_text, read_image
 from emo.edge_runtime.labels import LABELS
@@ -29,7 +29,7 @@ from emo.edge_runtime.preprocess import InputSpec, crop_face, normalize, to_gray
 
 from conftest import FER, REPO, synthetic_face
 
-GOLDEN = REPO / "tests" / "golden" / "emo_default.json"
+MODELS = bundled_models()  # name -> file
 PHOTO = REPO / "examples" / "astronaut.png"
 LOGIT_TOL = 0.08
 BOX_TOL = 4  # pixels
@@ -56,8 +56,8 @@ def fer_crops() -> dict[str, np.ndarray]:
     return {f"fer-val-{c}": read_image(sorted((FER / "val" / c).glob("*.jpg"))[0], cv2.IMREAD_GRAYSCALE) for c in LABELS}
 
 
-def measure() -> dict:
-    clf = Classifier(DEFAULT_MODEL)
+def measure(model) -> dict:
+    clf = Classifier(model)
     gray = to_gray(read_image(PHOTO))
     boxes = HaarDetector(max_side=320).detect(gray)  # the box the goldens were made with
     crops = photo_crops(gray, boxes[0], clf.spec) if boxes else {}
@@ -67,22 +67,29 @@ def measure() -> dict:
     return {"boxes": [list(b) for b in boxes], "logits": {k: [round(float(v), 6) for v in row] for k, row in zip(crops, logits)}}
 
 
+@pytest.fixture(scope="module", params=sorted(MODELS))
+def name(request) -> str:
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def golden() -> dict:
-    sha = hashlib.sha256(DEFAULT_MODEL.read_bytes()).hexdigest()
+def golden(name) -> dict:
+    path, model = REPO / "tests" / "golden" / f"emo_{name}.json", MODELS[name]
+    sha = hashlib.sha256(model.read_bytes()).hexdigest()
     if UPDATE:
-        old = json.loads(GOLDEN.read_text()) if GOLDEN.is_file() else {}
-        new = {"model": DEFAULT_MODEL.name, "model_sha256": sha, **measure()}
+        old = json.loads(path.read_text()) if path.is_file() else {}
+        new = {"model": model.name, "model_sha256": sha, **measure(model)}
         new["logits"] = {**{k: v for k, v in old.get("logits", {}).items() if k.startswith("fer-")}, **new["logits"]}
-        atomic_write_text(GOLDEN, _dump(new))
-    g = json.loads(GOLDEN.read_text())
-    assert g["model_sha256"] == sha, "the bundled model changed: rewrite the golden file with EMO_UPDATE_GOLDEN=1 (see the docstring)"
+        atomic_write_text(path, _dump(new))
+    assert path.is_file(), f"no golden file for the bundled model {name}: write it with EMO_UPDATE_GOLDEN=1 (see the docstring)"
+    g = json.loads(path.read_text())
+    assert g["model_sha256"] == sha, f"the bundled model {name} changed: rewrite its golden file with EMO_UPDATE_GOLDEN=1 (see the docstring)"
     return g
 
 
 @pytest.fixture(scope="module")
-def measured() -> dict:
-    return measure()
+def measured(name) -> dict:
+    return measure(MODELS[name])
 
 
 def test_golden_boxes(golden, measured):
