@@ -11,7 +11,7 @@ import typer
 
 from .errors import EmoError, cli_main
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(add_completion=False, rich_markup_mode=None, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Find faces and score their emotions with an emo ONNX model. Runs on a Raspberry Pi.")
 
 SOURCE_HELP = ("camera0 (V4L2 index) | /dev/video0 | picam0 (picamera2) | video file | rtsp:// or http(s):// URL | "

@@ -11,7 +11,7 @@ from emo.edge_runtime.errors import cli_main
 
 from .options import ExportOptions, Gates
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
+app = typer.Typer(add_completion=False, rich_markup_mode=None, pretty_exceptions_enable=False,
                   help="Export an emo checkpoint to fp32 and int8 ONNX, verified on real faces.")
 
 

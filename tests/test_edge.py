@@ -365,3 +365,20 @@ def test_models_by_name(tmp_path):
         assert r.returncode == 2 and "not bundled" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     r = run_cli("emo-edge", "models", "--json")
     assert {"default", "yunet"} <= {m["name"] for m in json.loads(r.stdout)}
+
+
+@pytest.mark.parametrize("module", ["emo.edge_runtime.cli", "emo.train.cli", "emo.export.cli"])
+def test_every_help_page_renders(module):
+    """--help of each CLI and each of its commands prints usage (a help text with brackets, like
+    mqtt://[user@]host, once crashed the rich help formatter: help is plain text now)."""
+    import importlib
+
+    import typer
+    from typer.testing import CliRunner
+
+    app = importlib.import_module(module).app
+    cmd = typer.main.get_command(app)
+    names = [[]] + [[n] for n in getattr(cmd, "commands", {})]
+    for args in names:
+        r = CliRunner().invoke(app, [*args, "--help"])
+        assert r.exit_code == 0 and "Usage" in r.output, (module, args, r.output[-300:])

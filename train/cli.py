@@ -10,7 +10,7 @@ import typer
 
 from emo.edge_runtime.errors import EmoError, cli_main
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(add_completion=False, rich_markup_mode=None, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Train small FER2013 emotion CNNs (PyTorch) and evaluate checkpoints.")
 
 
