@@ -20,7 +20,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
 from emo.edge_runtime.bench import device_fingerprint, fingerprint_md, model_latency, save_result
 from emo.edge_runtime.classifier import Classifier, bundled_models, resolve_model
@@ -45,30 +44,15 @@ def parse_models(items: list[str]) -> dict[str, Path]:
     return out
 
 
-def accuracy(clf: Classifier, images: np.ndarray, labels: np.ndarray, batch: int = 256) -> float:
-    preds = np.concatenate([clf.predict_crops(images[i : i + batch]).argmax(1) for i in range(0, len(labels), batch)])
-    return float((preds == labels).mean())
-
-
 def stamp_latency(path: Path, latency_ms: float, ratio: float | None, device: str) -> None:
-    """Record the measured latency in ``path``'s emo metadata (an atomic rewrite)."""
-    import onnx
+    """Record the measured latency in ``path``'s emo metadata (an atomic rewrite; needs onnx)."""
+    from emo.export.onnxfile import stamp_metadata
 
-    from emo.edge_runtime.files import atomic_write_bytes
-    from emo.edge_runtime.metadata import from_props, to_props
-
-    m = onnx.load(str(path))
-    props = {p.key: p.value for p in m.metadata_props}
-    meta = from_props(props, str(path))
+    meta = Classifier(path).meta
     meta.metrics.update({"latency_ms_1thread": round(latency_ms, 4), "latency_device": device})
     if ratio is not None:
         meta.metrics["latency_vs_default"] = round(ratio, 3)
-    props.update(to_props(meta))
-    del m.metadata_props[:]
-    for k, v in props.items():
-        m.metadata_props.add(key=k, value=v)
-    onnx.checker.check_model(m)
-    atomic_write_bytes(path, m.SerializeToString())
+    stamp_metadata(path, meta)
     Classifier(path)  # still loads as the runtime loads it
 
 
@@ -135,7 +119,7 @@ def main(argv=None) -> int:
 
         sp = load_split(a.data, "val", 48, skip_blank=False)
         for k, c in clfs.items():
-            acc[k] = accuracy(c, sp.images, sp.labels)
+            acc[k] = float((c.top_labels(sp.images) == sp.labels).mean())
             log(f"{k}: PublicTest {acc[k]:.2%} (n={len(sp.labels)})")
     log(f"latency: {len(models)} models interleaved, 1 thread, batch 1, {a.runs} runs each")
     lat = model_latency(list(models.values()), [1], [1], a.warmup, a.runs, progress=log)

@@ -37,7 +37,8 @@ def main(argv=None) -> int:
         from emo.edge_runtime.errors import EmoError
         from emo.edge_runtime.preprocess import InputSpec
         from emo.edge_runtime.metadata import ModelMetadata
-        from emo.export.exporter import quantize, stamp_metadata, torch_to_onnx
+        from emo.export.exporter import quantize, torch_to_onnx
+        from emo.export.onnxfile import stamp_metadata
         from emo.train.models import build_model, count_macs, count_params
     except ImportError as e:
         print(f"probe_arch: needs the training install (pip install 'emo[train]'): {e}", file=sys.stderr)

@@ -126,3 +126,8 @@ class Classifier:
         if not (isinstance(crops, np.ndarray) and crops.dtype == np.uint8):
             raise TypeError(f"predict_crops takes uint8 gray crops (N, {self.spec.size}, {self.spec.size})")
         return self.predict(normalize(crops, self.spec))
+
+    def top_labels(self, crops: np.ndarray, batch: int = 256) -> np.ndarray:
+        """The index of the top emotion for each uint8 crop ``(N, S, S)``, ``batch`` crops per call."""
+        return np.concatenate([self.predict_crops(crops[i : i + batch]).argmax(1) for i in range(0, len(crops), batch)]
+                              or [np.zeros(0, np.int64)])

@@ -189,8 +189,6 @@ def evaluate(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the report as JSON here."),
 ) -> None:
     """Accuracy, per-class precision/recall/F1 and confusion matrix on pre-cropped labelled faces."""
-    import numpy as np
-
     from .classifier import Classifier
     from .dataset import CSV_USAGE, load_split
     from .files import atomic_write_text, is_dir, same_file, shown
@@ -207,10 +205,7 @@ def evaluate(
     sp = load_split(data, split, clf.spec.size, skip_blank=False)
     for line in sp.report.lines():
         print(f"emo-edge: {line.strip()}", file=sys.stderr)
-    preds = []
-    for i in range(0, len(sp.labels), batch):
-        preds.append(clf.predict_crops(sp.images[i : i + batch]).argmax(1))
-    rep = classification_report(sp.labels, np.concatenate(preds))
+    rep = classification_report(sp.labels, clf.top_labels(sp.images, batch))
     print(format_report(rep, f"{shown(model)} on {shown(data)} [{split}]"))
     if json_out:
         atomic_write_text(json_out, json.dumps({"model": shown(model), "data": shown(data), "split": split, "report": rep,

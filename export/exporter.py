@@ -32,12 +32,13 @@ from emo.edge_runtime.classifier import Classifier, load_session, session_option
 from emo.edge_runtime.dataset import Split, load_split, locate_split, split_key
 from emo.edge_runtime.errors import EmoError
 from emo.edge_runtime.files import atomic_write_text
-from emo.edge_runtime.metadata import ModelMetadata, to_props
+from emo.edge_runtime.metadata import ModelMetadata
 from emo.edge_runtime.preprocess import InputSpec, normalize
 from emo.train.checkpoint import file_sha256, load_checkpoint, model_from_checkpoint
 from emo.train.models import count_macs, count_params
 
 from .equalize import equalize_separable
+from .onnxfile import stamp_metadata
 from .options import CALIB_METHODS, ExportOptions, Gates
 
 METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}
@@ -247,43 +248,6 @@ def torch_to_onnx(model: torch.nn.Module, spec: InputSpec, path: Path, opset: in
     quant_pre_process(str(raw), str(path), skip_symbolic_shape=True)  # ORT basic optimisations: folds BN into conv
     raw.unlink()
     onnx.checker.check_model(str(path))
-
-
-def compact_names(m: onnx.ModelProto) -> None:
-    """Give every internal tensor and node a short name (the graph's input and output keep theirs).
-    The exporters' descriptive names (``/features/3/body/0/0/Conv_output_0_quantized``...) are
-    repeated wherever a tensor is used and make up about an eighth of a small int8 file."""
-    g = m.graph
-    keep = {v.name for v in g.input} | {v.name for v in g.output}
-    new: dict[str, str] = {}
-
-    def short(name: str) -> str:
-        if not name or name in keep:
-            return name
-        return new.setdefault(name, format(len(new), "x"))
-
-    for t in g.initializer:
-        t.name = short(t.name)
-    for i, n in enumerate(g.node):
-        n.name = f"n{i:x}"
-        n.input[:] = [short(x) for x in n.input]
-        n.output[:] = [short(x) for x in n.output]
-    for v in g.value_info:
-        v.name = short(v.name)
-
-
-def stamp_metadata(path: Path, meta: ModelMetadata) -> None:
-    m = onnx.load(str(path))
-    compact_names(m)
-    props = {p.key: p.value for p in m.metadata_props}
-    props.update(to_props(meta))
-    del m.metadata_props[:]
-    for k, v in props.items():
-        m.metadata_props.add(key=k, value=v)
-    m.producer_name, m.producer_version = "emo", __version__
-    m.doc_string = f"emo {meta.arch} emotion classifier ({meta.precision}); labels: {', '.join(meta.labels)}"
-    onnx.checker.check_model(m)
-    onnx.save(m, str(path))
 
 
 def quantize(fp32: Path, out: Path, calib: np.ndarray, method: str, per_channel: bool, batch: int = 50) -> None:

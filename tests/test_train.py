@@ -59,13 +59,13 @@ def test_grown_emonet_starts_as_the_small_one():
         if isinstance(m, torch.nn.BatchNorm2d):
             m.weight.data.uniform_(0.5, 1.5), m.running_mean.data.normal_(0, 0.1), m.running_var.data.uniform_(0.5, 2)
     big = build_model("emonet", widths=[8, 16, 32], blocks=[2, 3], stem_blocks=1)
-    big.load_state_dict(grow_state_dict(small, small.state_dict(), big))
+    big.load_state_dict(grow_state_dict(small, big))
     x = torch.randn(4, 1, 48, 48)
     with torch.no_grad():
         assert torch.allclose(small.eval()(x), big.eval()(x), atol=1e-6)
     for other in (build_model("emonet", widths=[8, 16, 48], blocks=[2, 2]), build_model("emonet", widths=[8, 16, 32], blocks=[2, 2], sep=True),
                   build_model("emonet", widths=[8, 16, 32], blocks=[0, 2]), build_model("emonet-s")):
-        assert grow_state_dict(small, small.state_dict(), other) is None
+        assert grow_state_dict(small, other) is None
 
 
 def test_fit_grows_a_smaller_emonet(synthetic_fer, tmp_path):

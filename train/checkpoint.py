@@ -29,7 +29,9 @@ def _plain(obj):
     return obj
 
 
-def make_checkpoint(model, arch: str, arch_args: dict, input_spec: dict, config: dict, data: dict, metrics: dict, **extra) -> dict:
+def make_checkpoint(model, arch: str, arch_args: dict, input_spec: dict, config: dict, data: dict, metrics: dict,
+                    half: bool = False, **extra) -> dict:
+    """The checkpoint dict of ``model``; with ``half``, its weights stored in float16."""
     ck = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -43,8 +45,24 @@ def make_checkpoint(model, arch: str, arch_args: dict, input_spec: dict, config:
         "data": _plain(data),
         "metrics": _plain(metrics),
     }
+    if half:
+        ck["state_dict"], ck["storage"] = half_weights(ck["state_dict"]), "float16"
     ck.update(extra)
     return ck
+
+
+def half_weights(state_dict: dict) -> dict:
+    """``state_dict`` with its floating-point tensors in float16 (for checkpoints kept small;
+    loading casts them back to the model's float32)."""
+    return {k: v.half() if v.is_floating_point() else v for k, v in state_dict.items()}
+
+
+def make_run_folder(run_dir: Path) -> None:
+    """Create a run's folder, or say in one line why it cannot be written."""
+    try:
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise EmoError(f"cannot write run folder {run_dir}: {e.strerror}; pass --out to a writable folder") from None
 
 
 def save_atomic(obj: dict, path: str | os.PathLike) -> None:

@@ -8,7 +8,8 @@ import torch
 from emo.edge_runtime.errors import EmoError
 from emo.edge_runtime.preprocess import InputSpec
 
-from .checkpoint import file_sha256, load_checkpoint, make_checkpoint, model_from_checkpoint, save_atomic
+from .checkpoint import (file_sha256, half_weights, load_checkpoint, make_checkpoint, make_run_folder, model_from_checkpoint,
+                         save_atomic)
 from .data import train_val_splits
 from .evaluate import evaluate_split
 from .models import Ensemble
@@ -35,7 +36,7 @@ def build_ensemble(checkpoints: list[Path], data: str, out: str = "runs", name: 
     for sub, ck in zip(model.members, cks):
         sub.load_state_dict(model_from_checkpoint(ck).state_dict())
     if half:
-        model.load_state_dict({k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()})
+        model.load_state_dict(half_weights(model.state_dict()))
     model.eval()
     cfg = cks[0].get("config") or {}
     _, val = train_val_splits(data, spec.size, None, cfg.get("val_fraction", 0.1), int(cfg.get("seed", 0)))
@@ -50,14 +51,8 @@ def build_ensemble(checkpoints: list[Path], data: str, out: str = "runs", name: 
     best = {"val_accuracy": rep["accuracy"], "val_macro_f1": rep["macro_f1"], "member_val_accuracy": accs}
     record = [{"checkpoint": str(p), "sha256": file_sha256(p)} for p in checkpoints]
     ck = make_checkpoint(model, "ensemble", {"members": members}, cks[0]["input"], {"name": name, "members": record},
-                         cks[0].get("data") or {}, {"best": best, "history": []}, ensemble=record)
-    if half:
-        ck["state_dict"] = {k: v.half() if v.is_floating_point() else v for k, v in ck["state_dict"].items()}
-        ck["storage"] = "float16"
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise EmoError(f"cannot write run folder {run_dir}: {e.strerror}; pass --out to a writable folder") from None
+                         cks[0].get("data") or {}, {"best": best, "history": []}, half=half, ensemble=record)
+    make_run_folder(run_dir)
     save_atomic(ck, run_dir / "model.pt")
     write_logs(run_dir, [], best, rep, plots=True)
     log(f"wrote {run_dir / 'model.pt'}")

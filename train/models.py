@@ -166,9 +166,9 @@ class EmoNet(nn.Module):
         return self.head(self.features(x))
 
 
-def grow_state_dict(small: nn.Module, state_dict: dict, big: nn.Module) -> dict | None:
-    """``big``'s state dict with ``state_dict`` (the weights of ``small``) in place, when ``big``
-    is ``small`` with more residual blocks per stage (same widths, strides and block types); None
+def grow_state_dict(small: nn.Module, big: nn.Module) -> dict | None:
+    """``big``'s state dict with ``small``'s weights in place, when ``big`` is ``small`` with more
+    residual blocks per stage (same widths, strides and block types); None
     otherwise. Each stage's blocks keep their order and the new ones follow them, keeping their
     initialisation: a residual branch whose last BatchNorm scale is zero, so the grown network
     starts out computing exactly what the small one did."""
@@ -176,7 +176,7 @@ def grow_state_dict(small: nn.Module, state_dict: dict, big: nn.Module) -> dict 
         return None
     where = {role: i for i, role in enumerate(big.roles)}
     out = big.state_dict()
-    for k, v in state_dict.items():
+    for k, v in small.state_dict().items():
         if not k.startswith("features."):
             if k not in out or out[k].shape != v.shape:
                 return None

@@ -18,7 +18,8 @@ from torch import nn
 from emo.edge_runtime.errors import EmoError
 from emo.edge_runtime.preprocess import InputSpec, normalize
 
-from .checkpoint import file_sha256, load_checkpoint, make_checkpoint, model_from_checkpoint, save_atomic
+from .checkpoint import (file_sha256, half_weights, load_checkpoint, make_checkpoint, make_run_folder, model_from_checkpoint,
+                         save_atomic)
 from .data import train_val_splits
 from .evaluate import evaluate_split
 from .runlog import write_logs
@@ -106,16 +107,13 @@ def recalibrate_checkpoint(checkpoint: str | Path, data: str, out: str = "runs",
     after = rep_after["accuracy"]
     log(f"val accuracy with recalibrated statistics: {after * 100:.2f}% ({(after - before) * 100:+.2f} points)")
     if half:
-        model.load_state_dict({k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()})
+        model.load_state_dict(half_weights(model.state_dict()))
         rep_after, _ = evaluate_split(model, val_split, spec, device)
         log(f"val accuracy with the weights rounded to float16: {rep_after['accuracy'] * 100:.2f}% "
             f"({(rep_after['accuracy'] - after) * 100:+.2f} points)")
         after = rep_after["accuracy"]
 
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise EmoError(f"cannot write run folder {run_dir}: {e.strerror}; pass --out to a writable folder") from None
+    make_run_folder(run_dir)
     metrics = dict(ck.get("metrics") or {})
     best = dict(metrics.get("best") or {})
     best.update(val_accuracy=after, val_macro_f1=rep_after["macro_f1"], val_accuracy_before_recalibration=before)
@@ -125,10 +123,7 @@ def recalibrate_checkpoint(checkpoint: str | Path, data: str, out: str = "runs",
               "train_fingerprint": train_split.fingerprint(), "faces": faces, "flip": flip,
               "val_accuracy_before": before, "val_accuracy_after": after}
     new = make_checkpoint(model, ck["arch"], ck["arch_args"], ck["input"], cfg, ck.get("data") or {}, metrics,
-                          bn_recalibration=record)
-    if half:
-        new["state_dict"] = {k: v.half() if v.is_floating_point() else v for k, v in new["state_dict"].items()}
-        new["storage"] = "float16"
+                          half=half, bn_recalibration=record)
     save_atomic(new, run_dir / "model.pt")
     write_logs(run_dir, metrics.get("history") or [], best, rep_after, plots=True)
     log(f"wrote {run_dir / 'model.pt'}")

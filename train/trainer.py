@@ -376,7 +376,7 @@ def build_student(cfg: TrainConfig, resuming: bool, log: Callable) -> tuple[nn.M
             model.load_state_dict(init["state_dict"])
             log(f"starting from the weights of {cfg.init_from}")
         else:
-            grown = grow_state_dict(model_from_checkpoint(init), init["state_dict"], model)
+            grown = grow_state_dict(model_from_checkpoint(init), model)
             if grown is None:
                 raise EmoError(f"init_from {cfg.init_from} is {init['arch']} {init['arch_args']}, but this run trains "
                                f"{cfg.arch} {cfg.arch_args}; use a checkpoint of the same architecture (or an "
