@@ -17,7 +17,8 @@
 # Settings (environment):
 #   EMO_ARM64_ROOT    the cached arm64 root (default /var/cache/emo-arm64/bookworm)
 #   EMO_ARM64_SUITE   Debian suite (bookworm)      EMO_ARM64_MIRROR  (http://deb.debian.org/debian)
-#   EMO_ARM64_CPUS    qemu CPU models (default "cortex-a72 cortex-a76": Raspberry Pi 4 and Pi 5)
+#   EMO_ARM64_CPUS    qemu CPU models (default "cortex-a72 cortex-a76": Raspberry Pi 4 and Pi 5;
+#                     "cortex-a53" is a Pi Zero 2 W or Pi 3, the tiny model's devices)
 #   EMO_SHARED_DATA   real photos and FER2013 for the real-data tests (default REPO/../shared/data;
 #                     without it those tests skip, as anywhere)
 set -euo pipefail
@@ -45,6 +46,7 @@ cleanup() {
 cpuinfo() {
     local imp part var rev feats i
     case $1 in
+    cortex-a53) read -r imp part var rev feats <<<"0x41 0xd03 0x0 4 fp asimd evtstrm crc32 cpuid" ;;
     cortex-a72) read -r imp part var rev feats <<<"0x41 0xd08 0x0 3 fp asimd evtstrm crc32 cpuid" ;;
     cortex-a76) read -r imp part var rev feats <<<"0x41 0xd0b 0x4 1 fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp" ;;
     *) return 0 ;;
@@ -61,13 +63,14 @@ in_root() { # in_root CPU CMD...
     mountpoint -q "$ROOT/proc/cpuinfo" && umount "$ROOT/proc/cpuinfo"
     cpuinfo "$cpu" >"$ROOT/etc/emo-cpuinfo"
     [[ -s $ROOT/etc/emo-cpuinfo ]] && mount --bind "$ROOT/etc/emo-cpuinfo" "$ROOT/proc/cpuinfo"
-    nice -n 19 env -i HOME=/root LANG=C.UTF-8 PATH="$VENV/bin:/usr/bin:/bin" QEMU_CPU="$cpu" \
-        PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore PYTHONDONTWRITEBYTECODE=1 \
-        EMO_SHARED_DATA="$EMO_DATA" ${https_proxy:+https_proxy=$https_proxy} chroot "$ROOT" "$@"
+    nice -n 19 env -i HOME=/root LANG=C.UTF-8 PATH="$VENV/bin:/usr/bin:/bin" QEMU_CPU="$cpu" EMO_TEST_CLI_TIMEOUT=3600 \
+        PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore PYTHONDONTWRITEBYTECODE=1 ${ROOT_CA:+PIP_CERT=$ROOT_CA} \
+        EMO_SHARED_DATA="$EMO_DATA" ${https_proxy:+https_proxy=$https_proxy} "$CHROOT" "$ROOT" "$@"
 }
 
 # --- the host: root, qemu-aarch64 registered with binfmt_misc, debootstrap
 [[ $(id -u) == 0 ]] || setup_fail "needs root (mount, chroot, debootstrap); run it with sudo"
+CHROOT=$(PATH=$PATH:/usr/sbin:/sbin command -v chroot) || setup_fail "no chroot command (coreutils)"  # /usr/sbin: not on env -i's PATH
 [[ $(uname -m) == x86_64 ]] || setup_fail "host is $(uname -m); on an arm64 machine just run pytest"
 case $ROOT in /|/usr*|/etc*|/bin*|/lib*|/home|"$REPO"*) setup_fail "EMO_ARM64_ROOT=$ROOT is not a safe place for a throw-away root" ;; esac
 if ! command -v debootstrap >/dev/null || [[ ! -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ]]; then
@@ -94,13 +97,24 @@ if [[ ! -f $ROOT/$MARK ]]; then
     rmdir "$ROOT" 2>/dev/null || true
     mv "$ROOT.partial" "$ROOT"
 fi
-# /proc and /dev only: onnxruntime crashes under qemu when it reads the host's /sys CPU topology
+# /proc and /dev only: onnxruntime crashes under qemu when it reads the host's /sys CPU topology.
+# Its cpuinfo library still wants the CPU lists (else it prints errors on every start, which
+# the one-line-error tests see): plain files that match the emulated /proc/cpuinfo.
 mountpoint -q "$ROOT/proc" || mount -t proc proc "$ROOT/proc"
 mountpoint -q "$ROOT/dev" || mount --bind /dev "$ROOT/dev"
+mountpoint -q "$ROOT/sys" && setup_fail "$ROOT/sys is mounted; unmount it (onnxruntime crashes under qemu with the host's /sys)"
+mkdir -p "$ROOT/sys/devices/system/cpu"
+for f in possible present online; do echo "0-$(($(nproc) - 1))" >"$ROOT/sys/devices/system/cpu/$f"; done
 cp -L /etc/resolv.conf "$ROOT/etc/resolv.conf"
+# a host behind a TLS-inspecting proxy trusts its CA through PIP_CERT or SSL_CERT_FILE: so does the root's pip
+HOST_CA=${PIP_CERT:-${SSL_CERT_FILE:-}} ROOT_CA=""
+[[ -n $HOST_CA && -f $HOST_CA ]] && cp -L "$HOST_CA" "$ROOT/etc/emo-host-ca.crt" && ROOT_CA=/etc/emo-host-ca.crt
 EMO_DATA=""
 if [[ -d $SHARED/fer2013 ]]; then
     mkdir -p "$ROOT$DATA" && mount --bind -o ro "$(cd "$SHARED" && pwd)" "$ROOT$DATA" && EMO_DATA=$DATA
+    if [[ -d $SHARED/../models ]]; then  # the YuNet detector, which the tests find beside the data
+        mkdir -p "$ROOT$(dirname "$DATA")/models" && mount --bind -o ro "$(cd "$SHARED/../models" && pwd)" "$ROOT$(dirname "$DATA")/models"
+    fi
 fi
 
 # --- the working tree, installed as a Pi user would (base install) plus the test tools

@@ -33,8 +33,13 @@ def bin_path(name: str) -> str:
     return str(p) if p.exists() else name
 
 
-def run_cli(name: str, *args, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([bin_path(name), *map(str, args)], capture_output=True, text=True, timeout=timeout, **kw)
+# a guard against a hung command; emulated CPUs (benchmarks/arm64_check.sh) are tens of times slower
+CLI_TIMEOUT = float(os.environ.get("EMO_TEST_CLI_TIMEOUT", "300"))
+
+
+def run_cli(name: str, *args, timeout: float | None = None, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([bin_path(name), *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout or CLI_TIMEOUT, **kw)
 
 
 @pytest.fixture(scope="session")
