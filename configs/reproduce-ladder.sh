@@ -25,6 +25,7 @@ stage emonet-tiny3 configs/emonet-tiny3.toml
 stage mini-xception configs/mini-xception.toml
 stage emonet-wkd configs/emonet-wkd.toml  # 100 epochs: several sessions on a 2-core CPU
 stage emonet-dkd configs/emonet-dkd.toml  # likewise
+stage vgg-kd configs/vgg-kd.toml  # 60 epochs, a third member from another family
 # BatchNorm statistics re-estimated on the plain training faces (writes $out/NAME-bn), then export
 emo-train recalibrate "$out/emonet-tiny3/model.pt" --data "$data" --out "$out"
 emo-train recalibrate "$out/mini-xception/model.pt" --data "$data" --out "$out"

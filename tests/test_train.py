@@ -36,8 +36,18 @@ def test_seed_is_the_original_design():
 def test_registered_archs_are_small_and_run(arch):
     m = build_model(arch).eval()
     assert m(torch.zeros(3, 1, 48, 48)).shape == (3, 7)
-    if arch != "seed":
+    if arch == "vgg":  # a member for the large rung (<= 8 MB int8), not an edge model by itself
+        assert count_params(m) <= 2_000_000 and count_macs(m) < 150e6
+    elif arch != "seed":
         assert count_params(m) <= 1_000_000 and count_macs(m) < 70e6
+
+
+def test_vgg_keeps_the_spatial_map_and_checks_its_input_size():
+    m = build_model("vgg", widths=[8, 16], convs=1, fc=32).eval()
+    assert m.head[2].in_features == 16 * 12 * 12  # 48 px after two pools, flattened: no global average
+    assert m(torch.zeros(2, 1, 48, 48)).shape == (2, 7)
+    with pytest.raises(EmoError, match="divisible"):
+        build_model("vgg", widths=[8, 16, 32, 64, 128])  # 48 is not divisible by 2^5
 
 
 def test_emonet_layout_options():

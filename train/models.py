@@ -191,6 +191,43 @@ def grow_state_dict(small: nn.Module, big: nn.Module) -> dict | None:
     return out
 
 
+class EmoVGG(nn.Module):
+    """A plain VGG-style CNN, a different family from emonet for the large rung's ensemble: per
+    stage ``convs`` 3x3 conv-BN-ReLU layers and a 2x2 max-pool (48 -> 3 px over four stages), then
+    a fully-connected head over the flattened map, which keeps where on the face a feature was
+    (emonet averages it away), fc ``fc`` with dropout, fc 7."""
+
+    def __init__(self, widths: tuple[int, ...] = (32, 64, 128, 256), convs: int = 2, fc: int = 256,
+                 dropout: float = 0.5, num_classes: int = NUM_CLASSES, size: int = 48):
+        super().__init__()
+        if convs < 1 or not widths or size % 2 ** len(widths):
+            raise EmoError(f"vgg: needs convs >= 1 and an input size ({size}) divisible by 2^{len(widths)} (one pool per width)")
+        layers: list[nn.Module] = []
+        cin = 1
+        for w in widths:
+            for _ in range(convs):
+                layers.append(conv_bn(cin, w))
+                cin = w
+            layers.append(nn.MaxPool2d(2))
+        self.features = nn.Sequential(*layers)
+        side = size // 2 ** len(widths)
+        self.head = nn.Sequential(
+            nn.Flatten(), nn.Dropout(dropout), nn.Linear(cin * side * side, fc), nn.ReLU(inplace=True),
+            nn.Dropout(dropout), nn.Linear(fc, num_classes),
+        )
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+@register("vgg")
+def vgg(**kw) -> nn.Module:
+    return EmoVGG(**kw)
+
+
 @register("seed")
 def seed(**kw) -> nn.Module:
     return SeedCNN(**kw)
