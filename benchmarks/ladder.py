@@ -20,7 +20,6 @@ import sys
 import time
 from pathlib import Path
 
-
 from emo.edge_runtime.bench import device_fingerprint, fingerprint_md, model_latency, save_result
 from emo.edge_runtime.classifier import Classifier, bundled_models, resolve_model
 from emo.edge_runtime.errors import EmoError
