@@ -97,12 +97,19 @@ def test_ensemble_averages_its_members_and_exports(synthetic_fer, tmp_path):
     r = run_cli("emo-train", "ensemble", a, b, "--data", synthetic_fer, "--out", tmp_path, "--name", "e")
     assert r.returncode == 0, r.stderr
     assert "ensemble of 2: val accuracy" in r.stdout and r.stdout.count("member ") == 2
-    ens = model_from_checkpoint(load_checkpoint(tmp_path / "e" / "model.pt"))
+    r = run_cli("emo-train", "ensemble", a, b, "--flip", "--data", synthetic_fer, "--out", tmp_path, "--name", "ef")
+    assert r.returncode == 0, r.stderr
+    assert "ensemble of 2 with mirrored faces: val accuracy" in r.stdout
+    ens, ensf = (model_from_checkpoint(load_checkpoint(tmp_path / n / "model.pt")) for n in ("e", "ef"))
+    ma, mb = (model_from_checkpoint(load_checkpoint(p)).eval() for p in (a, b))
     x = torch.randn(3, 1, 48, 48)
+    xm = torch.flip(x, dims=[3])
     with torch.no_grad():
-        want = (model_from_checkpoint(load_checkpoint(a))(x) + model_from_checkpoint(load_checkpoint(b))(x)) / 2
-        assert torch.allclose(ens(x), want, atol=1e-5)
-    r = run_cli("emo-export", tmp_path / "e" / "model.pt", "--min-agreement", 0.5, "--max-acc-drop", 0.5)
+        assert torch.allclose(ens(x), (ma(x) + mb(x)) / 2, atol=1e-5)
+        assert torch.allclose(ensf(x), (ma(x) + mb(x) + ma(xm) + mb(xm)) / 4, atol=1e-5)
+        assert torch.allclose(ensf(x), ensf(xm), atol=1e-5)  # mirroring the face changes nothing
+    # the mirrored ensemble is the harder graph (a reversed slice, a concat): its export must pass the gates
+    r = run_cli("emo-export", tmp_path / "ef" / "model.pt", "--min-agreement", 0.5, "--max-acc-drop", 0.5)
     assert r.returncode == 0, r.stderr + r.stdout
     # user errors: one line each
     r = run_cli("emo-train", "ensemble", a, "--data", synthetic_fer, "--out", tmp_path, "--name", "one")

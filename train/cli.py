@@ -118,6 +118,7 @@ def ensemble(
     out: str = typer.Option("runs", help="Folder for runs."),
     name: str = typer.Option(..., help="Run name: writes OUT/NAME/model.pt."),
     half: bool = typer.Option(False, "--half", help="Store the weights in float16 (half the file; the accuracy printed is theirs)."),
+    flip: bool = typer.Option(False, "--flip", help="Each member also sees the mirrored face (twice the compute; usually a few tenths of a point)."),
 ) -> None:
     """Join trained models into one checkpoint whose output is the average of their logits.
 
@@ -126,7 +127,7 @@ def ensemble(
     """
     from .ensemble import build_ensemble
 
-    build_ensemble(checkpoints, data, out=out, name=name, half=half, log=lambda *a: print(*a, flush=True))
+    build_ensemble(checkpoints, data, out=out, name=name, half=half, flip=flip, log=lambda *a: print(*a, flush=True))
 
 def main() -> None:
     cli_main(app, "emo-train", "emo-train needs the training install: pip install 'emo[train]'")

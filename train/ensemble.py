@@ -16,7 +16,8 @@ from .models import Ensemble
 from .runlog import write_logs
 
 
-def build_ensemble(checkpoints: list[Path], data: str, out: str = "runs", name: str = "", half: bool = False, log=print) -> Path:
+def build_ensemble(checkpoints: list[Path], data: str, out: str = "runs", name: str = "", half: bool = False, flip: bool = False,
+                   log=print) -> Path:
     """Load the member checkpoints, check they read the same input, validate each and the
     ensemble on ``data``'s val faces, and write OUT/NAME/model.pt; returns OUT/NAME."""
     if len(checkpoints) < 2:
@@ -32,7 +33,7 @@ def build_ensemble(checkpoints: list[Path], data: str, out: str = "runs", name: 
     if any(run_dir.resolve() == Path(p).resolve().parent for p in checkpoints):
         raise EmoError(f"--name {name} would write into the folder of a member checkpoint; pick another name")
     members = [{"arch": ck["arch"], "arch_args": ck["arch_args"]} for ck in cks]
-    model = Ensemble(members)
+    model = Ensemble(members, flip=flip)
     for sub, ck in zip(model.members, cks):
         sub.load_state_dict(model_from_checkpoint(ck).state_dict())
     if half:
@@ -46,11 +47,11 @@ def build_ensemble(checkpoints: list[Path], data: str, out: str = "runs", name: 
         accs.append(evaluate_split(sub, val, spec, device)[0]["accuracy"])
         log(f"member {p}: val accuracy {accs[-1] * 100:.2f}%")
     rep, _ = evaluate_split(model, val, spec, device)
-    log(f"ensemble of {len(cks)}{' (float16 weights)' if half else ''}: val accuracy {rep['accuracy'] * 100:.2f}% "
+    log(f"ensemble of {len(cks)}{' with mirrored faces' if flip else ''}{' (float16 weights)' if half else ''}: val accuracy {rep['accuracy'] * 100:.2f}% "
         f"({(rep['accuracy'] - max(accs)) * 100:+.2f} points over the best member; n={len(val.labels)})")
     best = {"val_accuracy": rep["accuracy"], "val_macro_f1": rep["macro_f1"], "member_val_accuracy": accs}
     record = [{"checkpoint": str(p), "sha256": file_sha256(p)} for p in checkpoints]
-    ck = make_checkpoint(model, "ensemble", {"members": members}, cks[0]["input"], {"name": name, "members": record},
+    ck = make_checkpoint(model, "ensemble", {"members": members, "flip": flip}, cks[0]["input"], {"name": name, "members": record},
                          cks[0].get("data") or {}, {"best": best, "history": []}, half=half, ensemble=record)
     make_run_folder(run_dir)
     save_atomic(ck, run_dir / "model.pt")

@@ -291,9 +291,11 @@ def mini_xception(**kw) -> nn.Module:
 class Ensemble(nn.Module):
     """Several emo models in one graph, for the large rung: each sees the same face and their
     logits are averaged (one ONNX file, one onnxruntime call). ``members`` lists each model's
-    ``{"arch": ..., "arch_args": {...}}``; `emo-train ensemble` builds one from checkpoints."""
+    ``{"arch": ..., "arch_args": {...}}``; `emo-train ensemble` builds one from checkpoints.
+    ``flip``: each member also sees the mirrored face and both logits enter the average (twice
+    the compute; the graph does it, so every runtime gets it)."""
 
-    def __init__(self, members: list, num_classes: int = NUM_CLASSES):
+    def __init__(self, members: list, num_classes: int = NUM_CLASSES, flip: bool = False):
         super().__init__()
         if not members:
             raise EmoError("ensemble: members is empty; name at least two checkpoints")
@@ -303,8 +305,13 @@ class Ensemble(nn.Module):
                 raise EmoError(f"ensemble: each member is {{'arch': NAME, 'arch_args': {{...}}}} of a single model, not {m!r}")
             built.append(build_model(m["arch"], **{"num_classes": num_classes, **(m.get("arch_args") or {})}))
         self.members = nn.ModuleList(built)
+        self.flip = bool(flip)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.flip:
+            n = x.shape[0]
+            both = torch.cat([x, torch.flip(x, dims=[3])])  # one call per member for the face and its mirror
+            return torch.stack([y[:n] + y[n:] for y in (m(both) for m in self.members)]).sum(0) / (2 * len(self.members))
         return torch.stack([m(x) for m in self.members]).mean(0)
 
 
