@@ -118,7 +118,7 @@ def ensemble(
     out: str = typer.Option("runs", help="Folder for runs."),
     name: str = typer.Option(..., help="Run name: writes OUT/NAME/model.pt."),
     half: bool = typer.Option(False, "--half", help="Store the weights in float16 (half the file; the accuracy printed is theirs)."),
-    flip: bool = typer.Option(False, "--flip", help="Each member also sees the mirrored face (twice the compute; usually a few tenths of a point)."),
+    flip: bool = typer.Option(False, "--flip", help="Each member also sees the mirrored face (twice the compute; it can gain or lose a few tenths of a point: compare the accuracy printed)."),
 ) -> None:
     """Join trained models into one checkpoint whose output is the average of their logits.
 
