@@ -24,11 +24,12 @@ def _run_name(path: str) -> str:
 
 
 def _inputs(cfg) -> list[str]:
-    """Run names of the teachers and starting checkpoint a recipe reads."""
-    names = [_run_name(p) for p in cfg.teachers]
-    if cfg.init_from:
-        names.append(_run_name(cfg.init_from))
-    return names
+    """Run names of the teachers and starting checkpoint a recipe reads; a checkpoint the repository
+    keeps (models/emo_NAME.pt, e.g. the large rung's ensemble) must exist instead."""
+    kept = [p for p in [*cfg.teachers, cfg.init_from] if p and p.startswith("models/")]
+    for p in kept:
+        assert re.fullmatch(r"models/emo_\w+\.pt", p) and (REPO / p).is_file(), f"{p} is not a checkpoint kept in models/"
+    return [_run_name(p) for p in [*cfg.teachers, cfg.init_from] if p and p not in kept]
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
