@@ -13,7 +13,7 @@ from emo.train.checkpoint import load_checkpoint, model_from_checkpoint
 from emo.train.models import REGISTRY, build_model, count_macs, count_params, grow_state_dict
 from emo.train.augment import augment, mixup, step_generator
 from emo.train.config import TrainConfig
-from emo.train.distill import teacher_probs
+from emo.train.distill import ema_decay, ema_update, make_ema, teacher_probs
 from emo.train.optim import lr_factor
 from emo.train.trainer import RunState
 
@@ -118,6 +118,20 @@ def test_ensemble_averages_its_members_and_exports(synthetic_fer, tmp_path):
     assert r.returncode == 2 and "already an ensemble" in r.stderr and "Traceback" not in r.stderr
     r = run_cli("emo-train", "ensemble", a, b, "--data", synthetic_fer, "--out", tmp_path, "--name", "a")
     assert r.returncode == 2 and "folder of a member" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_weight_average_forgets_the_random_start_within_a_hundred_steps():
+    """A run from scratch: the average must follow the trained weights, not keep the initial ones
+    for thousands of steps (with a fixed 0.999, 90% of them would remain after 100 steps)."""
+    torch.manual_seed(0)
+    start, trained = build_model("emonet-s"), build_model("emonet-s")
+    avg = make_ema(start)
+    for step in range(100):
+        ema_update(avg, trained, ema_decay(0.999, step))
+    a, s0, t = (torch.cat([p.flatten() for p in m.parameters()]) for m in (avg, start, trained))
+    assert (a - t).norm() < 1e-6 * (s0 - t).norm()
+    assert ema_decay(0.999, 0) == 0.1 and ema_decay(0.999, 10**5) == 0.999 and ema_decay(0.5, 100) == 0.5
+    assert all(ema_decay(0.999, n) <= ema_decay(0.999, n + 1) for n in range(0, 20000, 7))
 
 
 def test_unknown_arch():

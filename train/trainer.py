@@ -38,7 +38,7 @@ from .augment import augment, epoch_permutation, mixup, step_generator
 from .checkpoint import load_checkpoint, make_checkpoint, model_from_checkpoint, save_atomic
 from .config import TrainConfig
 from .data import train_val_splits
-from .distill import ema_update, load_teachers, make_ema, teacher_probs
+from .distill import ema_decay, ema_update, load_teachers, make_ema, teacher_probs
 from .evaluate import evaluate_split
 from .models import build_model, count_macs, count_params, grow_state_dict
 from .optim import lr_factor, make_optimizer, set_lr
@@ -212,7 +212,7 @@ def train_step(run: Run, idx: torch.Tensor, g: torch.Generator, step: int) -> tu
     loss.backward()
     run.opt.step()
     if run.ema_model is not None:
-        ema_update(run.ema_model, run.model, cfg.ema)
+        ema_update(run.ema_model, run.model, ema_decay(cfg.ema, step))
     return float(loss.detach()), float((logits.argmax(1) == yb).sum()), len(yb)
 
 
