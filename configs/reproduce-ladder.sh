@@ -24,13 +24,14 @@ stage emonet-tiny3 configs/emonet-tiny3.toml
 stage mini-xception configs/mini-xception.toml
 stage emonet-wkd configs/emonet-wkd.toml  # 100 epochs: several sessions on a 2-core CPU
 stage emonet-dkd configs/emonet-dkd.toml  # likewise
-stage vgg-kd configs/vgg-kd.toml  # 60 epochs, a third member from another family
 # tiny ships as trained (recalibrating its BatchNorm statistics cost it 0.67 points); the others get
 # statistics re-estimated on the plain training faces (writes $out/NAME-bn) before export
 emo-export "$out/emonet-tiny3/model.pt" --calib-data "$data" --calib-size 1000 --crop-margin 0
 emo-train recalibrate "$out/mini-xception/model.pt" --data "$data" --out "$out"
 emo-export "$out/mini-xception-bn/model.pt" --calib-data "$data" --calib-size 1000 --crop-margin 0
-# large: the default and the two long runs (BatchNorm recalibrated), logits averaged in one graph
+# large: the default and the two long runs (BatchNorm recalibrated), logits averaged in one graph.
+# (The repository keeps these members in float16 as models/large/*.pt: MODEL_CARD.md gives the
+# one command that joins them without retraining.)
 emo-train recalibrate "$out/emonet-wkd/model.pt" --data "$data" --out "$out"
 emo-train recalibrate "$out/emonet-dkd/model.pt" --data "$data" --out "$out"
 emo-train ensemble "$out/emonet-kd3-bn/model.pt" "$out/emonet-wkd-bn/model.pt" "$out/emonet-dkd-bn/model.pt" \

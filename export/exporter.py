@@ -168,12 +168,14 @@ def publish(job: ExportJob, fp32: Path, int8: Path, results: dict) -> dict:
     metrics = {"val_accuracy_fp32": round(results["accuracy_fp32"], 4), "val_accuracy_int8": round(results["accuracy_int8"], 4),
                "val_n": results["n"], "val_data": results["verification_data"],
                "train_best": (job.ck.get("metrics") or {}).get("best", {})}
+    # an ensemble's own checkpoint is rebuilt from its members (emo-train ensemble), so name them
+    members = {"members": json.dumps(job.ck["ensemble"])} if job.ck.get("ensemble") else {}
     for path, precision in ((fp32, "fp32"), (int8, "int8")):
         stamp_metadata(path, ModelMetadata(
             arch=job.ck["arch"], precision=precision, input=job.spec, labels=tuple(job.ck.get("labels") or ()) or ModelMetadata.labels,
             output="logits", metrics=metrics, checkpoint_sha256=sha, emo_version=__version__,
             extra={"arch_args": json.dumps(job.ck["arch_args"]), "opset": job.opts.opset, "calibration": results["calibration"]["method"],
-                   "params": count_params(job.model), "macs": count_macs(job.model, job.spec.size)}))
+                   "params": count_params(job.model), "macs": count_macs(job.model, job.spec.size), **members}))
         Classifier(path)  # the edge runtime's own checks: metadata, input shape, dynamic batch
     passed = all(g["passed"] for g in results["gates"].values())
     dest = job.files(failed=not passed)

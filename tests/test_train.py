@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from emo.edge_runtime.errors import EmoError
-from emo.train.checkpoint import load_checkpoint, model_from_checkpoint
+from emo.edge_runtime.classifier import Classifier
+from emo.train.checkpoint import file_sha256, load_checkpoint, model_from_checkpoint
 from emo.train.models import REGISTRY, build_model, count_macs, count_params, grow_state_dict
 from emo.train.augment import augment, mixup, step_generator
 from emo.train.config import TrainConfig
@@ -111,6 +112,9 @@ def test_ensemble_averages_its_members_and_exports(synthetic_fer, tmp_path):
     # the mirrored ensemble is the harder graph (a reversed slice, a concat): its export must pass the gates
     r = run_cli("emo-export", tmp_path / "ef" / "model.pt", "--min-agreement", 0.5, "--max-acc-drop", 0.5)
     assert r.returncode == 0, r.stderr + r.stdout
+    # the metadata names the members by hash: the ensemble's own checkpoint is rebuilt from them
+    members = json.loads(Classifier(tmp_path / "ef" / "model.int8.onnx").meta.extra["members"])
+    assert [(m["checkpoint"], m["sha256"]) for m in members] == [(str(p), file_sha256(p)) for p in (a, b)]
     # user errors: one line each
     r = run_cli("emo-train", "ensemble", a, "--data", synthetic_fer, "--out", tmp_path, "--name", "one")
     assert r.returncode == 2 and "at least two" in r.stderr and "Traceback" not in r.stderr
