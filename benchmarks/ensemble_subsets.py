@@ -22,31 +22,28 @@ import json
 import sys
 from pathlib import Path
 
+from emo.edge_runtime.errors import EmoError
+
 
 def member_logits(paths: dict[str, Path], data: str, threads: int = 1):
-    """Per label: (logits, logits of the mirrored faces) on the val split the trainer uses; and the labels."""
+    """Per label: (logits, logits of the mirrored faces) on the val faces `emo-train ensemble`
+    scores; and their labels."""
     import torch
 
-    from emo.edge_runtime.preprocess import InputSpec, normalize
-    from emo.train.checkpoint import load_checkpoint, model_from_checkpoint
-    from emo.train.data import train_val_splits
+    from emo.edge_runtime.preprocess import normalize
+    from emo.train.checkpoint import model_from_checkpoint
+    from emo.train.ensemble import load_members, members_val_split
+    from emo.train.evaluate import predict_logits
 
     torch.set_num_threads(threads)
-    cks = {k: load_checkpoint(p) for k, p in paths.items()}
-    first = next(iter(cks.values()))
-    spec = InputSpec.from_dict(first["input"])
-    for k, ck in cks.items():
-        if InputSpec.from_dict(ck["input"]) != spec:
-            raise SystemExit(f"error: {paths[k]} reads input {ck['input']}, unlike the first checkpoint; members must read the same input")
-    cfg = first.get("config") or {}
-    _, val = train_val_splits(data, spec.size, None, cfg.get("val_fraction", 0.1), int(cfg.get("seed", 0)))
+    cks, spec = load_members(list(paths.values()))
+    val = members_val_split(cks, spec, data)
     x = torch.from_numpy(normalize(val.images, spec))
+    cpu = torch.device("cpu")
     out = {}
-    with torch.no_grad():
-        for k, ck in cks.items():
-            m = model_from_checkpoint(ck).eval()
-            views = [torch.cat([m(v[i:i + 512]) for i in range(0, len(v), 512)]).float() for v in (x, torch.flip(x, dims=[3]))]
-            out[k] = tuple(views)
+    for k, ck in zip(paths, cks):
+        m = model_from_checkpoint(ck)
+        out[k] = (predict_logits(m, x, cpu), predict_logits(m, torch.flip(x, dims=[3]), cpu))
     return out, torch.from_numpy(val.labels)
 
 
@@ -117,7 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     if any(part not in paths for part in baseline.removesuffix(" flip").split("+")):
         raise SystemExit(f"error: --baseline {baseline} names a label that is not given ({', '.join(paths)})")
     baseline = "+".join(p for p in paths if p in baseline.removesuffix(" flip").split("+")) + (" flip" if baseline.endswith(" flip") else "")
-    logits, labels = member_logits(paths, args.data, args.threads)
+    try:
+        logits, labels = member_logits(paths, args.data, args.threads)
+    except EmoError as e:
+        raise SystemExit(f"error: {e}") from None
     n = len(labels)
     singles = {k: float((v[0].argmax(1) == labels).float().mean()) for k, v in logits.items()}
     correct = subsets(logits, labels, args.flip)

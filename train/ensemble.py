@@ -16,10 +16,8 @@ from .models import Ensemble
 from .runlog import write_logs
 
 
-def build_ensemble(checkpoints: list[Path], data: str, out: str = "runs", name: str = "", half: bool = False, flip: bool = False,
-                   log=print) -> Path:
-    """Load the member checkpoints, check they read the same input, validate each and the
-    ensemble on ``data``'s val faces, and write OUT/NAME/model.pt; returns OUT/NAME."""
+def load_members(checkpoints: list[Path]) -> tuple[list[dict], InputSpec]:
+    """The member checkpoints and the input they all read; two or more, none an ensemble itself."""
     if len(checkpoints) < 2:
         raise EmoError("an ensemble needs at least two checkpoints")
     cks = [load_checkpoint(p) for p in checkpoints]
@@ -29,6 +27,20 @@ def build_ensemble(checkpoints: list[Path], data: str, out: str = "runs", name: 
             raise EmoError(f"{p} reads input {ck['input']}, {checkpoints[0]} reads {cks[0]['input']}; members must read the same input")
         if ck["arch"] == "ensemble":
             raise EmoError(f"{p} is already an ensemble; list its members instead")
+    return cks, spec
+
+
+def members_val_split(cks: list[dict], spec: InputSpec, data: str):
+    """The val faces of ``data`` that the first member's run validated on (its seed and fraction)."""
+    cfg = cks[0].get("config") or {}
+    return train_val_splits(data, spec.size, None, cfg.get("val_fraction", 0.1), int(cfg.get("seed", 0)))[1]
+
+
+def build_ensemble(checkpoints: list[Path], data: str, out: str = "runs", name: str = "", half: bool = False, flip: bool = False,
+                   log=print) -> Path:
+    """Load the member checkpoints, check they read the same input, validate each and the
+    ensemble on ``data``'s val faces, and write OUT/NAME/model.pt; returns OUT/NAME."""
+    cks, spec = load_members(checkpoints)
     run_dir = Path(out) / name
     if any(run_dir.resolve() == Path(p).resolve().parent for p in checkpoints):
         raise EmoError(f"--name {name} would write into the folder of a member checkpoint; pick another name")
@@ -39,8 +51,7 @@ def build_ensemble(checkpoints: list[Path], data: str, out: str = "runs", name: 
     if half:
         model.load_state_dict(half_weights(model.state_dict()))
     model.eval()
-    cfg = cks[0].get("config") or {}
-    _, val = train_val_splits(data, spec.size, None, cfg.get("val_fraction", 0.1), int(cfg.get("seed", 0)))
+    val = members_val_split(cks, spec, data)
     device = torch.device("cpu")
     accs = []
     for p, sub in zip(checkpoints, model.members):
