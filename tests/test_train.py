@@ -313,3 +313,73 @@ def test_run_state_records_the_best_epoch():
     assert s.record(row(1, 0.5), {"r": 1}) and s.epoch == 1 and s.best["epoch"] == 1
     assert not s.record(row(2, 0.4), {"r": 2}) and s.bad_epochs == 1 and s.best_report == {"r": 1}
     assert RunState.from_dict(s.to_dict()) == s
+
+
+def test_fold_assignment_is_stratified_keeps_copies_together_and_is_fixed_by_its_seed():
+    from emo.train.data import fold_assignment, fold_record
+
+    g = torch.Generator().manual_seed(3)
+    labels = torch.randint(0, 7, (1000,), generator=g).numpy()
+    images = torch.randint(0, 256, (1000, 8, 8), generator=g).to(torch.uint8).numpy()
+    f = fold_assignment(images, labels, 5, seed=0)
+    assert set(f.tolist()) == {0, 1, 2, 3, 4}
+    sizes = [int((f == k).sum()) for k in range(5)]
+    assert max(sizes) - min(sizes) <= 1
+    for c in range(7):  # each class spread evenly over the folds
+        per = [int(((f == k) & (labels == c)).sum()) for k in range(5)]
+        assert max(per) - min(per) <= 1
+    assert (fold_assignment(images, labels, 5, seed=0) == f).all() and not (fold_assignment(images, labels, 5, seed=1) == f).all()
+    copies = images.copy()
+    copies[500:600] = copies[:100]  # exact copies, some with another label (as in FER2013)
+    fc = fold_assignment(copies, labels, 5, seed=0)
+    assert (fc[500:600] == fc[:100]).all()
+    rec = fold_record(images, labels, 5, 2, 0)
+    assert rec["held_out"] == sizes[2] and rec["folds"] == 5 and len(rec["assignment_sha256"]) == 64
+    with pytest.raises(EmoError, match="at least 2"):
+        fold_assignment(images, labels, 1, seed=0)
+
+
+class _Const(torch.nn.Module):
+    def __init__(self, logits):
+        super().__init__()
+        self.logits = torch.tensor(logits)
+
+    def forward(self, x):
+        return self.logits.expand(len(x), -1)
+
+
+def test_heldout_probs_come_from_the_teacher_that_held_each_face_out():
+    from emo.train.distill import heldout_teacher_probs
+
+    teachers = [_Const([3.0, 0, 0, 0, 0, 0, 0]), _Const([0, 0, 0, 2.0, 0, 0, 0]), _Const([0, 0, 0, 0, 0, 0, 1.0])]
+    folds = torch.tensor([2, 0, 1, 1, 0, 2])
+    x = torch.randn(6, 1, 48, 48)
+    got = heldout_teacher_probs(teachers, folds, x, 2.0, False, flip=True)
+    for i, k in enumerate(folds.tolist()):
+        assert torch.allclose(got[i], teacher_probs([teachers[k]], x[i : i + 1], 2.0, False)[0])
+
+
+def test_fold_teachers_and_a_heldout_student(seed_run, synthetic_fer, tmp_path):
+    quick = ["--set", "arch=emonet-s", "--set", "max_steps=2", "--set", "batch_size=32", "--set", "plots=false"]
+    for k in (1, 0):
+        r = _fit(synthetic_fer, tmp_path, f"f{k}", *quick, "--set", "folds=2", "--set", f"fold={k}", "--set", "fold_seed=5")
+        assert r.returncode == 0, r.stderr
+        assert f"fold {k} of 2: training on 140 faces, 140 held out" in r.stdout  # 40 train faces x 7 classes
+        rec = load_checkpoint(tmp_path / f"f{k}" / "model.pt")["data"]["fold"]
+        assert rec["folds"] == 2 and rec["fold"] == k and rec["seed"] == 5 and rec["held_out"] == 140
+    t = lambda *names: json.dumps([str(tmp_path / n / "model.pt") for n in names])  # noqa: E731
+    student = [*quick, "--set", "kd_heldout=true", "--set", "kd_alpha=0.5"]
+    r = _fit(synthetic_fer, tmp_path, "s", *student, "--set", f"teachers={t('f1', 'f0')}")
+    assert r.returncode == 0, r.stderr
+    assert "distilling from 2 teacher(s)" in r.stdout and "the teacher that held it out" in r.stdout
+    assert "held out" not in r.stdout.split("distilling")[0]  # the student itself trains on every face
+    bad = {"no teacher holds out fold(s) [1]": [f"teachers={t('f0')}"],
+           "is not a fold run": [f"teachers={json.dumps([str(seed_run / 'model.pt')])}"],
+           "both hold out fold 0": [f"teachers={t('f0', 'f0')}"],
+           "drop folds": [f"teachers={t('f0', 'f1')}", "folds=2"],
+           "mixup": [f"teachers={t('f0', 'f1')}", "mixup=0.2"]}
+    for msg, sets in bad.items():
+        r = _fit(synthetic_fer, tmp_path, "bad", *student, *[a for s in sets for a in ("--set", s)])
+        assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, (msg, r.stderr)
+    r = _fit(synthetic_fer, tmp_path, "bad", *quick, "--set", "folds=2", "--set", "fold=2")
+    assert r.returncode == 2 and "fold must be within 0..1" in r.stderr

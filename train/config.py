@@ -62,6 +62,10 @@ class TrainConfig:
     kd_alpha: float = 0.0  # weight of the distillation loss (0: off); the label loss gets 1 - kd_alpha
     kd_temperature: float = 2.0
     kd_flip: bool = False  # teachers also see the mirrored batch (flip-averaged soft labels)
+    kd_heldout: bool = False  # teachers are fold runs (folds = K, one per fold): each face is taught only by the teacher that never trained on it
+    folds: int = 0  # with fold: split the training faces into this many stratified folds and train without one (0: all faces)
+    fold: int = 0  # the fold held out when folds is set
+    fold_seed: int = 0  # fixes which faces fall in which fold (the same for every fold run and its student)
     ema: float = 0.0  # decay of an exponential moving average of the weights (0: off); validated and saved
     bn_recalibrate: bool = False  # validate and save a copy whose BatchNorm statistics come from the plain training faces
     threads: int = 0  # torch intra-op threads on CPU; 0 = torch's default

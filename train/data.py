@@ -1,7 +1,12 @@
 """The trainer's view of the data: which faces it trains on and which it validates on."""
 from __future__ import annotations
 
+import hashlib
+
+import numpy as np
+
 from emo.edge_runtime.dataset import Split, has_split, load_split, stratified_split
+from emo.edge_runtime.errors import EmoError
 
 
 def train_val_splits(data: str, size: int, limit: int | None, val_fraction: float, seed: int) -> tuple[Split, Split]:
@@ -11,3 +16,32 @@ def train_val_splits(data: str, size: int, limit: int | None, val_fraction: floa
     if has_split(data, "val"):
         return train, load_split(data, "val", size, limit=limit)
     return stratified_split(train, val_fraction, seed)
+
+
+def fold_assignment(images: np.ndarray, labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """Each training face's fold (0..folds-1). Exact copies of one image share a fold (FER2013's
+    train split holds over a thousand), so a teacher never trained on a copy of a face it is
+    asked to teach. The copies' groups are dealt class by class, round-robin over the folds in a
+    random order fixed by ``seed``: the folds get the same class mix, and the same faces in every
+    run that loads the same data."""
+    if folds < 2:
+        raise EmoError(f"folds must be at least 2 to hold faces out, got {folds}")
+    flat = np.ascontiguousarray(images).reshape(len(images), -1)
+    _, first, group = np.unique(flat, axis=0, return_index=True, return_inverse=True)
+    group = group.reshape(-1)
+    group_fold = np.empty(len(first), dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    start = 0
+    for c in np.unique(labels):
+        gs = np.flatnonzero(labels[first] == c)  # groups whose first face has class c
+        group_fold[rng.permutation(gs)] = (np.arange(len(gs)) + start) % folds
+        start += len(gs)  # the next class continues the deal, so fold sizes stay within a few faces
+    return group_fold[group]
+
+
+def fold_record(images: np.ndarray, labels: np.ndarray, folds: int, fold: int, seed: int) -> dict:
+    """What a fold run saves about its held-out faces, so a student can check that its teachers
+    split the same faces the same way."""
+    f = fold_assignment(images, labels, folds, seed)
+    return {"folds": folds, "fold": fold, "seed": seed, "held_out": int((f == fold).sum()),
+            "assignment_sha256": hashlib.sha256(f.tobytes()).hexdigest()}

@@ -15,6 +15,7 @@ averages the gradients, so the global batch, and so the result, matches a single
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
 import os
@@ -24,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -37,8 +39,8 @@ from emo.edge_runtime.stopping import StopFlag
 from .augment import augment, epoch_permutation, mixup, step_generator
 from .checkpoint import load_checkpoint, make_checkpoint, model_from_checkpoint, save_atomic
 from .config import TrainConfig
-from .data import train_val_splits
-from .distill import ema_decay, ema_update, load_teachers, make_ema, teacher_probs
+from .data import fold_assignment, fold_record, train_val_splits
+from .distill import ema_decay, ema_update, heldout_teacher_probs, load_teachers, make_ema, order_heldout_teachers, teacher_probs
 from .evaluate import evaluate_split
 from .models import build_model, count_macs, count_params, grow_state_dict
 from .optim import lr_factor, make_optimizer, set_lr
@@ -114,6 +116,7 @@ class Run:
     opt: torch.optim.Optimizer
     ema_model: Optional[nn.Module]
     teachers: list
+    face_folds: Optional[torch.Tensor]  # kd_heldout: each training face's fold, which picks its teacher
     class_weights: Optional[torch.Tensor]
     steps_per_epoch: int
     total_steps: int
@@ -207,7 +210,8 @@ def train_step(run: Run, idx: torch.Tensor, g: torch.Generator, step: int) -> tu
     with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.use_amp):
         logits = run.ddp_model(xb)
     logits = logits.float()
-    loss = compute_loss(run, logits, xb, yb, lam, partner)
+    folds = run.face_folds[idx][run.rank :: run.world] if run.face_folds is not None else None
+    loss = compute_loss(run, logits, xb, yb, lam, partner, folds)
     run.opt.zero_grad(set_to_none=True)
     loss.backward()
     run.opt.step()
@@ -217,7 +221,7 @@ def train_step(run: Run, idx: torch.Tensor, g: torch.Generator, step: int) -> tu
 
 
 def compute_loss(run: Run, logits: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor, lam: float,
-                 partner: Optional[torch.Tensor]) -> torch.Tensor:
+                 partner: Optional[torch.Tensor], face_folds: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Label-smoothed cross-entropy (mixed with the mixup partners' labels), blended with the
     distillation loss when there are teachers, plus the explicit L2 penalty."""
     cfg = run.cfg
@@ -226,7 +230,10 @@ def compute_loss(run: Run, logits: torch.Tensor, xb: torch.Tensor, yb: torch.Ten
     if partner is not None:
         loss = lam * loss + (1 - lam) * ce(yb[partner.to(run.device)])
     if run.teachers:
-        tp = teacher_probs(run.teachers, xb, cfg.kd_temperature, run.use_amp, cfg.kd_flip)
+        if face_folds is not None:
+            tp = heldout_teacher_probs(run.teachers, face_folds, xb, cfg.kd_temperature, run.use_amp, cfg.kd_flip)
+        else:
+            tp = teacher_probs(run.teachers, xb, cfg.kd_temperature, run.use_amp, cfg.kd_flip)
         kd = F.kl_div((logits / cfg.kd_temperature).log_softmax(1), tp, reduction="batchmean")
         loss = (1 - cfg.kd_alpha) * loss + cfg.kd_alpha * cfg.kd_temperature**2 * kd
     if cfg.l2:
@@ -330,12 +337,18 @@ def setup(cfg: TrainConfig, resuming: bool, log: Callable) -> Run:
     for line in train_split.report.lines() + val_split.report.lines():
         log(line)
     spec = cfg.input_spec
-    x_train, y_train = torch.from_numpy(normalize(train_split.images, spec)), torch.from_numpy(train_split.labels)
+    data_record = {"source": str(Path(cfg.data).resolve()), "train_fingerprint": train_split.fingerprint(),
+                   "val_fingerprint": val_split.fingerprint(), "train_report": train_split.report.to_dict(),
+                   "val_report": val_split.report.to_dict()}
+    keep, teacher_paths, face_folds = folds_of_run(cfg, train_split, data_record, log)
+    x_train = torch.from_numpy(normalize(train_split.images[keep], spec))
+    y_train = torch.from_numpy(train_split.labels[keep])
     model, arch_info = build_student(cfg, resuming, log)
     model.to(device)
-    teachers = load_teachers(cfg.teachers, cfg.kd_alpha, spec, device)
+    teachers = load_teachers(teacher_paths, cfg.kd_alpha, spec, device)
     if teachers:
-        log(f"distilling from {len(teachers)} teacher(s) with weight {cfg.kd_alpha}, temperature {cfg.kd_temperature}")
+        log(f"distilling from {len(teachers)} teacher(s) with weight {cfg.kd_alpha}, temperature {cfg.kd_temperature}"
+            f"{', each face taught by the teacher that held it out' if face_folds is not None else ''}")
     if cfg.bn_recalibrate and not batchnorm_layers(model):
         raise EmoError(f"bn_recalibrate is set but {cfg.arch} has no BatchNorm layers; drop bn_recalibrate")
     steps_per_epoch = max(1, len(y_train) // cfg.batch_size)  # drop the last partial batch
@@ -343,16 +356,44 @@ def setup(cfg: TrainConfig, resuming: bool, log: Callable) -> Run:
     ddp_model = model
     if world > 1:
         ddp_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    data_record = {"source": str(Path(cfg.data).resolve()), "train_fingerprint": train_split.fingerprint(),
-                   "val_fingerprint": val_split.fingerprint(), "train_report": train_split.report.to_dict(),
-                   "val_report": val_split.report.to_dict()}
     return Run(cfg=cfg, dir=make_run_dir(cfg, rank == 0), log=log, world=world, rank=rank, device=device,
                use_amp=(cfg.amp and device.type == "cuda") or (cfg.cpu_amp and device.type == "cpu"),
                spec=spec, x_train=x_train, y_train=y_train, val=val_split, data_record=data_record, arch_info=arch_info,
                model=model, ddp_model=ddp_model, opt=make_optimizer(model, cfg),
-               ema_model=make_ema(model) if cfg.ema else None, teachers=teachers,
+               ema_model=make_ema(model) if cfg.ema else None, teachers=teachers, face_folds=face_folds,
                class_weights=class_weights(y_train).to(device) if cfg.class_weights else None,
                steps_per_epoch=steps_per_epoch, total_steps=total, epochs=math.ceil(total / steps_per_epoch))
+
+
+def folds_of_run(cfg: TrainConfig, train_split: Split, data_record: dict, log: Callable
+                 ) -> tuple[np.ndarray, list, Optional[torch.Tensor]]:
+    """Which training faces the run trains on, its teachers' paths, and (for ``kd_heldout``) each
+    face's fold. A fold run (``folds``, ``fold``) leaves its fold out and records the split in
+    ``data_record``; a held-out student trains on every face, each taught by the teacher that
+    never saw it."""
+    keep = np.ones(len(train_split.labels), dtype=bool)
+    if cfg.kd_heldout:
+        if cfg.folds:
+            raise EmoError("a kd_heldout student trains on every face; drop folds/fold (they are for its teachers)")
+        if cfg.mixup:
+            raise EmoError("kd_heldout cannot be used with mixup: a mixed face would be taught by a teacher that saw its partner")
+        if not cfg.kd_alpha:
+            raise EmoError("kd_heldout is set but kd_alpha is 0; set kd_alpha (e.g. 0.5)")
+        paths, shared = order_heldout_teachers(list(cfg.teachers), data_record["train_fingerprint"])
+        f = fold_assignment(train_split.images, train_split.labels, shared["folds"], shared["seed"])
+        if hashlib.sha256(f.tobytes()).hexdigest() != shared["assignment_sha256"]:
+            raise EmoError("the teachers' folds do not match the folds of --data's faces; train the fold teachers "
+                           "and the student on the same data")
+        return keep, paths, torch.from_numpy(f)
+    if cfg.folds:
+        if not 0 <= cfg.fold < cfg.folds:
+            raise EmoError(f"fold must be within 0..{cfg.folds - 1} (folds = {cfg.folds}), got {cfg.fold}")
+        rec = fold_record(train_split.images, train_split.labels, cfg.folds, cfg.fold, cfg.fold_seed)
+        keep = fold_assignment(train_split.images, train_split.labels, cfg.folds, cfg.fold_seed) != cfg.fold
+        data_record["fold"] = rec
+        log(f"fold {cfg.fold} of {cfg.folds}: training on {int(keep.sum())} faces, {rec['held_out']} held out "
+            "(for a kd_heldout student)")
+    return keep, list(cfg.teachers), None
 
 
 def start_device(name: str, world: int, local_rank: int) -> torch.device:
