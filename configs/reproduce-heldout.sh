@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Held-out distillation toward the large rung (MODEL_CARD.md, "The model ladder"): the five fold
+# teachers emonet-wkf0..4, then the student emonet-wkh, which learns each face's soft label from
+# the one teacher that never trained on it.
+#   bash configs/reproduce-heldout.sh FER2013_ROOT [JOBS] [emo-train fit options...]
+#   bash configs/reproduce-heldout.sh ../shared/data/fer2013 2 --threads 1   # a 2-core CPU: ~3 h per teacher
+#   bash configs/reproduce-heldout.sh ../shared/data/fer2013 5 --device cuda # one GPU: all five side by side
+# JOBS teachers train at once (default 1), each logging to runs/NAME.log. Every stage is resumable:
+# after Ctrl-C or the end of a session, rerun the same command; a stage with a last.pt continues
+# from it, and a finished one is skipped.
+set -euo pipefail
+data=${1:?usage: reproduce-heldout.sh FER2013_ROOT [JOBS] [emo-train fit options...]}
+jobs=${2:-1}
+shift $(( $# >= 2 ? 2 : 1 ))
+out=runs
+if [ ! -e "$out/emonet-kd3-bn/model.pt" ]; then  # the teachers distil the default, as reproduce-ladder.sh links it
+  mkdir -p "$out/emonet-kd3-bn"
+  ln -s "$(pwd)/models/emo_default.pt" "$out/emonet-kd3-bn/model.pt"
+fi
+stage() {  # stage NAME [fit options]
+  local name=$1; shift
+  if [ -f "$out/$name/last.pt" ]; then
+    emo-train fit --resume "$out/$name" --data "$data" "$@"
+  else
+    emo-train fit -c "configs/$name.toml" --data "$data" --out "$out" "$@"
+  fi
+}
+failed=()
+for k in 0 1 2 3 4; do
+  while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do wait -n || true; done
+  echo "teacher emonet-wkf$k: log $out/emonet-wkf$k.log"
+  ( stage "emonet-wkf$k" --no-progress "$@" >> "$out/emonet-wkf$k.log" 2>&1 || { echo "emonet-wkf$k failed or stopped: see $out/emonet-wkf$k.log"; exit 1; } ) &
+done
+for p in $(jobs -rp); do wait "$p" || true; done
+for k in 0 1 2 3 4; do
+  grep -q "best val accuracy" "$out/emonet-wkf$k.log" 2>/dev/null || failed+=("emonet-wkf$k")
+done
+if [ ${#failed[@]} -gt 0 ]; then
+  echo "not finished: ${failed[*]} (logs in $out/); rerun this command to continue them" >&2
+  exit 1
+fi
+stage emonet-wkh "$@"
