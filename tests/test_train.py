@@ -383,3 +383,5 @@ def test_fold_teachers_and_a_heldout_student(seed_run, synthetic_fer, tmp_path):
         assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, (msg, r.stderr)
     r = _fit(synthetic_fer, tmp_path, "bad", *quick, "--set", "folds=2", "--set", "fold=2")
     assert r.returncode == 2 and "fold must be within 0..1" in r.stderr
+    r = _fit(synthetic_fer, tmp_path, "bad", *quick, "--set", "fold=1")
+    assert r.returncode == 2 and "folds is not" in r.stderr and "Traceback" not in r.stderr

@@ -372,6 +372,8 @@ def folds_of_run(cfg: TrainConfig, train_split: Split, data_record: dict, log: C
     ``data_record``; a held-out student trains on every face, each taught by the teacher that
     never saw it."""
     keep = np.ones(len(train_split.labels), dtype=bool)
+    if cfg.fold and not cfg.folds:
+        raise EmoError(f"fold = {cfg.fold} is set but folds is not; set folds (e.g. folds = 5) to hold a fold out")
     if cfg.kd_heldout:
         if cfg.folds:
             raise EmoError("a kd_heldout student trains on every face; drop folds/fold (they are for its teachers)")
