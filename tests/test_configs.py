@@ -81,3 +81,58 @@ def test_base_chain(tmp_path):
     (tmp_path / "d.toml").write_text('base = "nope.toml"\n')
     with pytest.raises(EmoError, match="does not exist"):
         build_config(tmp_path / "d.toml", {})
+
+
+FAKE_TRAIN = r"""#!/usr/bin/env bash
+# stands in for emo-train: records each call's start and end, makes the run folder, and fails
+# emonet-wkf3 on its first call, as a run stopped by the end of a session would
+prev=""; name=""
+for a in "$@"; do
+  [ "$prev" = "-c" ] && name=$(basename "$a" .toml)
+  [ "$prev" = "--resume" ] && name=$(basename "$a")
+  prev=$a
+done
+echo "start $name $(date +%s.%N) $*" >> calls
+mkdir -p "runs/$name"; touch "runs/$name/last.pt"
+if [ "$name" = emonet-wkf3 ] && [ ! -f failed-once ]; then touch failed-once; echo "stopped by SIGTERM"; exit 130; fi
+sleep 0.3
+echo "end $name $(date +%s.%N)" >> calls
+echo "best val accuracy 0.5 at epoch 1"
+"""
+
+
+def test_reproduce_heldout_trains_teachers_jobs_at_a_time_then_students(tmp_path):
+    import os
+    import subprocess
+
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "emo_default.pt").write_bytes(b"")
+    script = (REPO / "configs" / "reproduce-heldout.sh").read_text()
+    (tmp_path / "configs" / "reproduce-heldout.sh").write_text(script)
+    fake = tmp_path / "bin" / "emo-train"
+    fake.parent.mkdir()
+    fake.write_text(FAKE_TRAIN)
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake.parent}{os.pathsep}{os.environ['PATH']}"}
+    run = lambda: subprocess.run(["bash", "configs/reproduce-heldout.sh", "DATA", "2", "--threads", "1"],  # noqa: E731
+                                 cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    first = run()
+    assert first.returncode == 1 and "not finished: emonet-wkf3" in first.stderr, first.stdout + first.stderr
+    calls = (tmp_path / "calls").read_text().splitlines()
+    assert not any("emonet-wkh" in c or "emonet-kdh" in c for c in calls)  # no student before all five teachers
+    spans = {}
+    for c in calls:
+        kind, name, t = c.split()[:3]
+        spans.setdefault(name, {})[kind] = float(t)
+    ended = [s for s in spans.values() if "end" in s]
+    overlap = max(sum(s["start"] <= t < s["end"] for s in ended) for t in [s["start"] for s in ended])
+    assert overlap <= 2  # JOBS = 2 teachers at a time
+    assert (tmp_path / "runs" / "emonet-kd3-bn" / "model.pt").is_symlink()
+    second = run()
+    assert second.returncode == 0, second.stdout + second.stderr
+    calls = (tmp_path / "calls").read_text().splitlines()[len(calls):]
+    starts = [c.split()[1] for c in calls if c.startswith("start")]
+    assert starts[-2:] == ["emonet-wkh", "emonet-kdh"]  # the students last, in this order
+    assert all("--resume runs/emonet-wkf" in c and "--threads 1" in c for c in calls if c.startswith("start emonet-wkf"))
+    assert "-c configs/emonet-wkh.toml" in [c for c in calls if c.startswith("start emonet-wkh")][0]
