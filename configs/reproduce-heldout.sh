@@ -5,7 +5,7 @@
 # default's architecture, for its 71.5% stretch goal).
 #   bash configs/reproduce-heldout.sh FER2013_ROOT [JOBS] [emo-train fit options...]
 #   bash configs/reproduce-heldout.sh ../shared/data/fer2013 2 --threads 1   # a 2-core CPU: ~3 h per teacher
-#   bash configs/reproduce-heldout.sh ../shared/data/fer2013 5 --device cuda # one GPU: all five side by side
+#   bash configs/reproduce-heldout.sh ../shared/data/fer2013 5 --device cuda # one GPU: five side by side (two side by side on an H200 took 4-6 s per epoch each)
 # JOBS teachers train at once (default 1), each logging to runs/NAME.log. Every stage is resumable:
 # after Ctrl-C or the end of a session, rerun the same command; a stage with a last.pt continues
 # from it, and a finished one is skipped.
