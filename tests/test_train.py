@@ -333,7 +333,7 @@ def test_fold_assignment_is_stratified_keeps_copies_together_and_is_fixed_by_its
     copies[500:600] = copies[:100]  # exact copies, some with another label (as in FER2013)
     fc = fold_assignment(copies, labels, 5, seed=0)
     assert (fc[500:600] == fc[:100]).all()
-    rec = fold_record(images, labels, 5, 2, 0)
+    rec = fold_record(fold_assignment(images, labels, 5, seed=0), 5, 2, 0)
     assert rec["held_out"] == sizes[2] and rec["folds"] == 5 and len(rec["assignment_sha256"]) == 64
     with pytest.raises(EmoError, match="at least 2"):
         fold_assignment(images, labels, 1, seed=0)

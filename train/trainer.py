@@ -15,7 +15,6 @@ averages the gradients, so the global batch, and so the result, matches a single
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import math
 import os
@@ -39,7 +38,7 @@ from emo.edge_runtime.stopping import StopFlag
 from .augment import augment, epoch_permutation, mixup, step_generator
 from .checkpoint import load_checkpoint, make_checkpoint, model_from_checkpoint, save_atomic
 from .config import TrainConfig
-from .data import fold_assignment, fold_record, train_val_splits
+from .data import assignment_sha256, fold_assignment, fold_record, train_val_splits
 from .distill import ema_decay, ema_update, heldout_teacher_probs, load_teachers, make_ema, order_heldout_teachers, teacher_probs
 from .evaluate import evaluate_split
 from .models import build_model, count_macs, count_params, grow_state_dict
@@ -383,15 +382,16 @@ def folds_of_run(cfg: TrainConfig, train_split: Split, data_record: dict, log: C
             raise EmoError("kd_heldout is set but kd_alpha is 0; set kd_alpha (e.g. 0.5)")
         paths, shared = order_heldout_teachers(list(cfg.teachers), data_record["train_fingerprint"])
         f = fold_assignment(train_split.images, train_split.labels, shared["folds"], shared["seed"])
-        if hashlib.sha256(f.tobytes()).hexdigest() != shared["assignment_sha256"]:
+        if assignment_sha256(f) != shared["assignment_sha256"]:
             raise EmoError("the teachers' folds do not match the folds of --data's faces; train the fold teachers "
                            "and the student on the same data")
         return keep, paths, torch.from_numpy(f)
     if cfg.folds:
         if not 0 <= cfg.fold < cfg.folds:
             raise EmoError(f"fold must be within 0..{cfg.folds - 1} (folds = {cfg.folds}), got {cfg.fold}")
-        rec = fold_record(train_split.images, train_split.labels, cfg.folds, cfg.fold, cfg.fold_seed)
-        keep = fold_assignment(train_split.images, train_split.labels, cfg.folds, cfg.fold_seed) != cfg.fold
+        f = fold_assignment(train_split.images, train_split.labels, cfg.folds, cfg.fold_seed)  # once: np.unique over all faces
+        rec = fold_record(f, cfg.folds, cfg.fold, cfg.fold_seed)
+        keep = f != cfg.fold
         data_record["fold"] = rec
         log(f"fold {cfg.fold} of {cfg.folds}: training on {int(keep.sum())} faces, {rec['held_out']} held out "
             "(for a kd_heldout student)")
