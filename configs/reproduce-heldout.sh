@@ -6,9 +6,11 @@
 #   bash configs/reproduce-heldout.sh FER2013_ROOT [JOBS] [emo-train fit options...]
 #   bash configs/reproduce-heldout.sh ../shared/data/fer2013 2 --threads 1   # a 2-core CPU: ~3 h per teacher
 #   bash configs/reproduce-heldout.sh ../shared/data/fer2013 5 --device cuda # one GPU: five side by side (two side by side on an H200 took 4-6 s per epoch each)
-# JOBS teachers train at once (default 1), each logging to runs/NAME.log. Every stage is resumable:
+# JOBS teachers train at once (default 1), each logging to runs/NAME.log. A finished teacher is
+# kept in float16 as models/teachers/NAME.pt (`emo-train half`; 3.5 MB, committed so that it
+# survives a move to a new machine), and the students read those files. Every stage is resumable:
 # after Ctrl-C or the end of a session, rerun the same command; a stage with a last.pt continues
-# from it, and a finished one is skipped.
+# from it, and a kept teacher is not trained again.
 set -euo pipefail
 data=${1:?usage: reproduce-heldout.sh FER2013_ROOT [JOBS] [emo-train fit options...]}
 jobs=${2:-1}
@@ -27,14 +29,23 @@ stage() {  # stage NAME [fit options]
   fi
 }
 failed=()
+teacher() {  # teacher NAME [fit options]: train (or resume) it, then keep it in float16
+  local name=$1; shift
+  stage "$name" --no-progress "$@" >> "$out/$name.log" 2>&1 || { echo "$name failed or stopped: see $out/$name.log"; return 1; }
+  emo-train half "$out/$name/model.pt" "$kept/$name.pt" --data "$data" >> "$out/$name.log" 2>&1 \
+    || { echo "$name trained, but its float16 copy failed: see $out/$name.log"; return 1; }
+}
+kept=models/teachers
+mkdir -p "$kept"
 for k in 0 1 2 3 4; do
+  [ -f "$kept/emonet-wkf$k.pt" ] && { echo "teacher emonet-wkf$k: kept in $kept/emonet-wkf$k.pt"; continue; }
   while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do wait -n || true; done
   echo "teacher emonet-wkf$k: log $out/emonet-wkf$k.log"
-  ( stage "emonet-wkf$k" --no-progress "$@" >> "$out/emonet-wkf$k.log" 2>&1 || { echo "emonet-wkf$k failed or stopped: see $out/emonet-wkf$k.log"; exit 1; } ) &
+  teacher "emonet-wkf$k" "$@" &
 done
 for p in $(jobs -rp); do wait "$p" || true; done
 for k in 0 1 2 3 4; do
-  grep -q "best val accuracy" "$out/emonet-wkf$k.log" 2>/dev/null || failed+=("emonet-wkf$k")
+  [ -f "$kept/emonet-wkf$k.pt" ] || failed+=("emonet-wkf$k")
 done
 if [ ${#failed[@]} -gt 0 ]; then
   echo "not finished: ${failed[*]} (logs in $out/); rerun this command to continue them" >&2

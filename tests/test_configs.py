@@ -21,8 +21,10 @@ ENSEMBLES = re.findall(r"^emo-train ensemble .*--name (\S+)",
 
 
 def _run_name(path: str) -> str:
-    m = re.fullmatch(r"runs/([\w.-]+)/model\.pt", path)
-    assert m, f"{path} is not runs/NAME/model.pt"
+    """runs/NAME/model.pt, or models/teachers/NAME.pt: the float16 copy of it that
+    reproduce-heldout.sh keeps (`emo-train half`)."""
+    m = re.fullmatch(r"runs/([\w.-]+)/model\.pt", path) or re.fullmatch(r"models/teachers/([\w.-]+)\.pt", path)
+    assert m, f"{path} is not runs/NAME/model.pt or models/teachers/NAME.pt"
     return m.group(1)
 
 
@@ -86,6 +88,7 @@ def test_base_chain(tmp_path):
 FAKE_TRAIN = r"""#!/usr/bin/env bash
 # stands in for emo-train: records each call's start and end, makes the run folder, and fails
 # emonet-wkf3 on its first call, as a run stopped by the end of a session would
+if [ "$1" = half ]; then echo "half $2 $3 $4 $5" >> calls; mkdir -p "$(dirname "$3")"; touch "$3"; exit 0; fi
 prev=""; name=""
 for a in "$@"; do
   [ "$prev" = "-c" ] && name=$(basename "$a" .toml)
@@ -122,17 +125,21 @@ def test_reproduce_heldout_trains_teachers_jobs_at_a_time_then_students(tmp_path
     calls = (tmp_path / "calls").read_text().splitlines()
     assert not any("emonet-wkh" in c or "emonet-kdh" in c for c in calls)  # no student before all five teachers
     spans = {}
-    for c in calls:
+    for c in (c for c in calls if c.startswith(("start", "end"))):
         kind, name, t = c.split()[:3]
         spans.setdefault(name, {})[kind] = float(t)
     ended = [s for s in spans.values() if "end" in s]
     overlap = max(sum(s["start"] <= t < s["end"] for s in ended) for t in [s["start"] for s in ended])
     assert overlap <= 2  # JOBS = 2 teachers at a time
     assert (tmp_path / "runs" / "emonet-kd3-bn" / "model.pt").is_symlink()
+    kept = sorted(p.name for p in (tmp_path / "models" / "teachers").iterdir())
+    assert kept == ["emonet-wkf0.pt", "emonet-wkf1.pt", "emonet-wkf2.pt", "emonet-wkf4.pt"]  # each finished teacher, in float16
+    assert "half runs/emonet-wkf0/model.pt models/teachers/emonet-wkf0.pt --data DATA" in calls
     second = run()
     assert second.returncode == 0, second.stdout + second.stderr
     calls = (tmp_path / "calls").read_text().splitlines()[len(calls):]
     starts = [c.split()[1] for c in calls if c.startswith("start")]
-    assert starts[-2:] == ["emonet-wkh", "emonet-kdh"]  # the students last, in this order
+    assert starts == ["emonet-wkf3", "emonet-wkh", "emonet-kdh"]  # kept teachers are not trained again; the students last
+    assert "kept in models/teachers/emonet-wkf0.pt" in second.stdout
     assert all("--resume runs/emonet-wkf" in c and "--threads 1" in c for c in calls if c.startswith("start emonet-wkf"))
     assert "-c configs/emonet-wkh.toml" in [c for c in calls if c.startswith("start emonet-wkh")][0]

@@ -260,6 +260,32 @@ def test_evaluate_outputs_table_and_json(seed_run, synthetic_fer, tmp_path):
     assert 0 <= rep["accuracy"] <= 1 and set(rep["per_class"]) >= {"happy", "disgust"}
 
 
+def test_half_keeps_a_checkpoint_in_float16_only_when_it_predicts_the_same(seed_run, synthetic_fer, tmp_path):
+    src = seed_run / "model.pt"
+    out = tmp_path / "teachers" / "seed.pt"
+    r = run_cli("emo-train", "half", src, out, "--data", synthetic_fer)
+    assert r.returncode == 0, r.stderr
+    assert "same top-1 on" in r.stdout and f"wrote {out}" in r.stdout
+    ck, orig = load_checkpoint(out), load_checkpoint(src)
+    assert ck["storage"] == "float16" and ck["half"]["faces"] == 7 * 20 and ck["half"]["top1_agreement"] >= 0.995
+    assert all(v.dtype == torch.float16 for v in ck["state_dict"].values() if v.is_floating_point())
+    assert ck["data"] == orig["data"] and ck["config"] == orig["config"]  # a fold teacher keeps its fold record
+    assert out.stat().st_size < 0.6 * src.stat().st_size
+    x = torch.randn(16, 1, 48, 48)
+    a, b = model_from_checkpoint(orig)(x), model_from_checkpoint(ck)(x)
+    assert a.dtype == b.dtype == torch.float32 and torch.allclose(a, b, atol=0.05)
+    assert (a.argmax(1) == b.argmax(1)).float().mean() >= 0.9
+    # refusals: one line, exit 2, and the file already there is left as it was
+    before = out.read_bytes()
+    r = run_cli("emo-train", "half", src, out, "--data", synthetic_fer, "--min-agreement", "1.01")
+    assert r.returncode == 2 and "does not keep its predictions" in r.stderr and "Traceback" not in r.stderr
+    assert out.read_bytes() == before
+    r = run_cli("emo-train", "half", out, tmp_path / "again.pt", "--data", synthetic_fer)
+    assert r.returncode == 2 and "already stored in float16" in r.stderr and not (tmp_path / "again.pt").exists()
+    r = run_cli("emo-train", "half", src, src, "--data", synthetic_fer)
+    assert r.returncode == 2 and "is the checkpoint itself" in r.stderr
+
+
 def test_bad_checkpoint_files(tmp_path):
     (tmp_path / "x.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(EmoError, match="not a PyTorch checkpoint"):

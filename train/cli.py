@@ -129,6 +129,25 @@ def ensemble(
 
     build_ensemble(checkpoints, data, out=out, name=name, half=half, flip=flip, log=lambda *a: print(*a, flush=True))
 
+
+@app.command()
+def half(
+    checkpoint: Path = typer.Argument(..., help="model.pt written by emo-train (float32)."),
+    out: Path = typer.Argument(..., help="Where to write the float16 copy, e.g. models/teachers/NAME.pt."),
+    data: str = typer.Option(..., help="FER2013 root or fer2013.csv: its val faces give the check."),
+    min_agreement: float = typer.Option(0.995, help="Least share of val faces on which the copy must predict what the original predicts."),
+    max_drop: float = typer.Option(0.2, help="Most val accuracy, in points, that the copy may lose."),
+) -> None:
+    """Store a checkpoint's weights in float16 (half the file), changing nothing else.
+
+    For teachers and members kept in the repository. Both versions classify the val faces; the
+    copy is written (atomically) only if it agrees with the original's top-1 on at least
+    --min-agreement of them and loses at most --max-drop points of accuracy.
+    """
+    from .half import half_checkpoint
+
+    half_checkpoint(checkpoint, out, data, min_agreement=min_agreement, max_drop=max_drop / 100, log=lambda *a: print(*a, flush=True))
+
 def main() -> None:
     cli_main(app, "emo-train", "emo-train needs the training install: pip install 'emo[train]'")
 
