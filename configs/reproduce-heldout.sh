@@ -6,11 +6,11 @@
 #   bash configs/reproduce-heldout.sh FER2013_ROOT [JOBS] [emo-train fit options...]
 #   bash configs/reproduce-heldout.sh ../shared/data/fer2013 2 --threads 1   # a 2-core CPU: ~3 h per teacher
 #   bash configs/reproduce-heldout.sh ../shared/data/fer2013 5 --device cuda # one GPU: five side by side (two side by side on an H200 took 4-6 s per epoch each)
-# JOBS teachers train at once (default 1), each logging to runs/NAME.log. A finished teacher is
+# JOBS runs train at once (default 1): the five teachers, then the two students, each logging to runs/NAME.log. A finished teacher is
 # kept in float16 as models/teachers/NAME.pt (`emo-train half`; 3.5 MB, committed so that it
 # survives a move to a new machine), and the students read those files. Every stage is resumable:
 # after Ctrl-C or the end of a session, rerun the same command; a stage with a last.pt continues
-# from it, and a kept teacher is not trained again.
+# from it, and a kept teacher or a finished student is not trained again.
 set -euo pipefail
 data=${1:?usage: reproduce-heldout.sh FER2013_ROOT [JOBS] [emo-train fit options...]}
 jobs=${2:-1}
@@ -51,5 +51,22 @@ if [ ${#failed[@]} -gt 0 ]; then
   echo "not finished: ${failed[*]} (logs in $out/); rerun this command to continue them" >&2
   exit 1
 fi
-stage emonet-wkh "$@"
-stage emonet-kdh "$@"
+student() {  # student NAME [fit options]: train (or resume) it
+  local name=$1; shift
+  stage "$name" --no-progress "$@" >> "$out/$name.log" 2>&1 || { echo "$name failed or stopped: see $out/$name.log"; return 1; }
+  echo "student $name: $(grep "best val accuracy" "$out/$name.log" | tail -n 1)"
+}
+for name in emonet-wkh emonet-kdh; do  # independent of each other: JOBS at a time too
+  grep -q "best val accuracy" "$out/$name.log" 2>/dev/null && { echo "student $name: finished (see $out/$name.log)"; continue; }
+  while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do wait -n || true; done
+  echo "student $name: log $out/$name.log"
+  student "$name" "$@" &
+done
+for p in $(jobs -rp); do wait "$p" || true; done
+for name in emonet-wkh emonet-kdh; do
+  grep -q "best val accuracy" "$out/$name.log" 2>/dev/null || failed+=("$name")
+done
+if [ ${#failed[@]} -gt 0 ]; then
+  echo "not finished: ${failed[*]} (logs in $out/); rerun this command to continue them" >&2
+  exit 1
+fi

@@ -87,7 +87,7 @@ def test_base_chain(tmp_path):
 
 FAKE_TRAIN = r"""#!/usr/bin/env bash
 # stands in for emo-train: records each call's start and end, makes the run folder, and fails
-# emonet-wkf3 on its first call, as a run stopped by the end of a session would
+# emonet-wkf3 and emonet-kdh on their first call, as a run stopped by the end of a session would
 if [ "$1" = half ]; then echo "half $2 $3 $4 $5" >> calls; mkdir -p "$(dirname "$3")"; touch "$3"; exit 0; fi
 prev=""; name=""
 for a in "$@"; do
@@ -97,8 +97,10 @@ for a in "$@"; do
 done
 echo "start $name $(date +%s.%N) $*" >> calls
 mkdir -p "runs/$name"; touch "runs/$name/last.pt"
-if [ "$name" = emonet-wkf3 ] && [ ! -f failed-once ]; then touch failed-once; echo "stopped by SIGTERM"; exit 130; fi
 sleep 0.3
+if [ "$name" = emonet-wkf3 ] || [ "$name" = emonet-kdh ] && [ ! -f "$name.failed-once" ]; then
+  touch "$name.failed-once"; echo "stopped by SIGTERM"; exit 130
+fi
 echo "end $name $(date +%s.%N)" >> calls
 echo "best val accuracy 0.5 at epoch 1"
 """
@@ -135,11 +137,22 @@ def test_reproduce_heldout_trains_teachers_jobs_at_a_time_then_students(tmp_path
     kept = sorted(p.name for p in (tmp_path / "models" / "teachers").iterdir())
     assert kept == ["emonet-wkf0.pt", "emonet-wkf1.pt", "emonet-wkf2.pt", "emonet-wkf4.pt"]  # each finished teacher, in float16
     assert "half runs/emonet-wkf0/model.pt models/teachers/emonet-wkf0.pt --data DATA" in calls
+    seen = len(calls)
     second = run()
-    assert second.returncode == 0, second.stdout + second.stderr
-    calls = (tmp_path / "calls").read_text().splitlines()[len(calls):]
+    assert second.returncode == 1 and "not finished: emonet-kdh" in second.stderr, second.stdout + second.stderr
+    calls = (tmp_path / "calls").read_text().splitlines()[seen:]
+    seen += len(calls)
     starts = [c.split()[1] for c in calls if c.startswith("start")]
-    assert starts == ["emonet-wkf3", "emonet-wkh", "emonet-kdh"]  # kept teachers are not trained again; the students last
+    assert starts[0] == "emonet-wkf3" and sorted(starts[1:]) == ["emonet-kdh", "emonet-wkh"]  # kept teachers are not trained again
     assert "kept in models/teachers/emonet-wkf0.pt" in second.stdout
     assert all("--resume runs/emonet-wkf" in c and "--threads 1" in c for c in calls if c.startswith("start emonet-wkf"))
     assert "-c configs/emonet-wkh.toml" in [c for c in calls if c.startswith("start emonet-wkh")][0]
+    t = {(c.split()[0], c.split()[1]): float(c.split()[2]) for c in calls if c.startswith(("start", "end"))}
+    assert t["end", "emonet-wkf3"] < min(t["start", "emonet-wkh"], t["start", "emonet-kdh"])  # the students last ...
+    assert max(t["start", "emonet-wkh"], t["start", "emonet-kdh"]) < t["end", "emonet-wkh"]  # ... side by side
+    assert "student emonet-wkh: best val accuracy" in second.stdout
+    third = run()  # the stopped student resumes; the finished one is left alone
+    assert third.returncode == 0, third.stdout + third.stderr
+    calls = (tmp_path / "calls").read_text().splitlines()[seen:]
+    assert [c.split()[1] for c in calls if c.startswith("start")] == ["emonet-kdh"]
+    assert "--resume runs/emonet-kdh" in calls[0] and "student emonet-wkh: finished" in third.stdout
