@@ -88,7 +88,11 @@ def test_base_chain(tmp_path):
 FAKE_TRAIN = r"""#!/usr/bin/env bash
 # stands in for emo-train: records each call's start and end, makes the run folder, and fails
 # emonet-wkf3 and emonet-kdh on their first call, as a run stopped by the end of a session would
-if [ "$1" = half ]; then echo "half $2 $3 $4 $5" >> calls; mkdir -p "$(dirname "$3")"; touch "$3"; exit 0; fi
+case "$1" in
+  half) echo "half $2 $3 $4 $5" >> calls; mkdir -p "$(dirname "$3")"; touch "$3"; exit 0;;
+  recalibrate) echo "recalibrate $2" >> calls; d="runs/$(basename "$(dirname "$2")")-bn"; mkdir -p "$d"; touch "$d/model.pt"; exit 0;;
+  ensemble) shift; echo "ensemble $*" >> calls; mkdir -p runs/emonet-large-h; touch runs/emonet-large-h/model.pt; exit 0;;
+esac
 prev=""; name=""
 for a in "$@"; do
   [ "$prev" = "-c" ] && name=$(basename "$a" .toml)
@@ -119,6 +123,8 @@ def test_reproduce_heldout_trains_teachers_jobs_at_a_time_then_students(tmp_path
     fake.parent.mkdir()
     fake.write_text(FAKE_TRAIN)
     fake.chmod(0o755)
+    (fake.parent / "emo-export").write_text('#!/usr/bin/env bash\necho "export $*" >> calls\n')
+    (fake.parent / "emo-export").chmod(0o755)
     env = {**os.environ, "PATH": f"{fake.parent}{os.pathsep}{os.environ['PATH']}"}
     run = lambda: subprocess.run(["bash", "configs/reproduce-heldout.sh", "DATA", "2", "--threads", "1"],  # noqa: E731
                                  cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
@@ -156,3 +162,11 @@ def test_reproduce_heldout_trains_teachers_jobs_at_a_time_then_students(tmp_path
     calls = (tmp_path / "calls").read_text().splitlines()[seen:]
     assert [c.split()[1] for c in calls if c.startswith("start")] == ["emonet-kdh"]
     assert "--resume runs/emonet-kdh" in calls[0] and "student emonet-wkh: finished" in third.stdout
+    # then the two candidates that MODEL_CARD.md's rules judge: large + emonet-wkh, and emonet-kdh
+    after = [c for c in calls if not c.startswith(("start", "end"))]
+    assert after == ["recalibrate runs/emonet-wkh/model.pt",
+                     "ensemble models/emo_default.pt models/large/emonet-wkd-bn.pt models/large/emonet-dkd-bn.pt "
+                     "runs/emonet-wkh-bn/model.pt --data DATA --out runs --name emonet-large-h --half",
+                     "export runs/emonet-large-h/model.pt --calib-data DATA --calib-size 1000",
+                     "recalibrate runs/emonet-kdh/model.pt",
+                     "export runs/emonet-kdh-bn/model.pt --calib-data DATA --calib-size 1000 --crop-margin 0"]
