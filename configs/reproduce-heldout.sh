@@ -29,29 +29,34 @@ stage() {  # stage NAME [fit options]
     emo-train fit -c "configs/$name.toml" --data "$data" --out "$out" "$@"
   fi
 }
-failed=()
+throttle() {  # wait until fewer than JOBS runs are training
+  while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do wait -n || true; done
+}
+stop_if_unfinished() {  # stop_if_unfinished NAME...: exit 1 naming them, if any
+  [ $# -eq 0 ] && return 0
+  echo "not finished: $* (logs in $out/); rerun this command to continue them" >&2
+  exit 1
+}
 teacher() {  # teacher NAME [fit options]: train (or resume) it, then keep it in float16
   local name=$1; shift
   stage "$name" --no-progress "$@" >> "$out/$name.log" 2>&1 || { echo "$name failed or stopped: see $out/$name.log"; return 1; }
   emo-train half "$out/$name/model.pt" "$kept/$name.pt" --data "$data" >> "$out/$name.log" 2>&1 \
-    || { echo "$name trained, but its float16 copy failed: see $out/$name.log"; return 1; }
+    || { echo "$name trained, but its float16 copy was refused (see $out/$name.log); to keep it in float32: cp $out/$name/model.pt $kept/$name.pt"; return 1; }
 }
 kept=models/teachers
 mkdir -p "$kept"
 for k in 0 1 2 3 4; do
   [ -f "$kept/emonet-wkf$k.pt" ] && { echo "teacher emonet-wkf$k: kept in $kept/emonet-wkf$k.pt"; continue; }
-  while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do wait -n || true; done
+  throttle
   echo "teacher emonet-wkf$k: log $out/emonet-wkf$k.log"
   teacher "emonet-wkf$k" "$@" &
 done
 for p in $(jobs -rp); do wait "$p" || true; done
+failed=()
 for k in 0 1 2 3 4; do
   [ -f "$kept/emonet-wkf$k.pt" ] || failed+=("emonet-wkf$k")
 done
-if [ ${#failed[@]} -gt 0 ]; then
-  echo "not finished: ${failed[*]} (logs in $out/); rerun this command to continue them" >&2
-  exit 1
-fi
+stop_if_unfinished ${failed[@]+"${failed[@]}"}
 student() {  # student NAME [fit options]: train (or resume) it
   local name=$1; shift
   stage "$name" --no-progress "$@" >> "$out/$name.log" 2>&1 || { echo "$name failed or stopped: see $out/$name.log"; return 1; }
@@ -59,18 +64,16 @@ student() {  # student NAME [fit options]: train (or resume) it
 }
 for name in emonet-wkh emonet-kdh; do  # independent of each other: JOBS at a time too
   grep -q "best val accuracy" "$out/$name.log" 2>/dev/null && { echo "student $name: finished (see $out/$name.log)"; continue; }
-  while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do wait -n || true; done
+  throttle
   echo "student $name: log $out/$name.log"
   student "$name" "$@" &
 done
 for p in $(jobs -rp); do wait "$p" || true; done
+failed=()
 for name in emonet-wkh emonet-kdh; do
   grep -q "best val accuracy" "$out/$name.log" 2>/dev/null || failed+=("$name")
 done
-if [ ${#failed[@]} -gt 0 ]; then
-  echo "not finished: ${failed[*]} (logs in $out/); rerun this command to continue them" >&2
-  exit 1
-fi
+stop_if_unfinished ${failed[@]+"${failed[@]}"}
 # The candidates, judged by the rules set in MODEL_CARD.md ("The model ladder") before any student
 # ran: large + emonet-wkh (each member recalibrated, float16, logits averaged) against large's
 # int8 71.83%, and emonet-kdh recalibrated against the default's int8 70.44%. Each export prints
