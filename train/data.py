@@ -18,6 +18,14 @@ def train_val_splits(data: str, size: int, limit: int | None, val_fraction: floa
     return stratified_split(train, val_fraction, seed)
 
 
+def val_split(data: str, size: int, val_fraction: float, seed: int) -> Split:
+    """The faces :func:`train_val_splits` validates on, without reading the training faces when
+    the data has its own val split (for commands that only validate)."""
+    if has_split(data, "val"):
+        return load_split(data, "val", size)
+    return train_val_splits(data, size, None, val_fraction, seed)[1]
+
+
 def fold_assignment(images: np.ndarray, labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
     """Each training face's fold (0..folds-1). Exact copies of one image share a fold (FER2013's
     train split holds over a thousand), so a teacher never trained on a copy of a face it is

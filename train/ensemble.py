@@ -10,7 +10,7 @@ from emo.edge_runtime.preprocess import InputSpec
 
 from .checkpoint import (file_sha256, half_weights, load_checkpoint, make_checkpoint, make_run_folder, model_from_checkpoint,
                          save_atomic)
-from .data import train_val_splits
+from .data import val_split
 from .evaluate import evaluate_split
 from .models import Ensemble
 from .runlog import write_logs
@@ -33,7 +33,7 @@ def load_members(checkpoints: list[Path]) -> tuple[list[dict], InputSpec]:
 def members_val_split(cks: list[dict], spec: InputSpec, data: str):
     """The val faces of ``data`` that the first member's run validated on (its seed and fraction)."""
     cfg = cks[0].get("config") or {}
-    return train_val_splits(data, spec.size, None, cfg.get("val_fraction", 0.1), int(cfg.get("seed", 0)))[1]
+    return val_split(data, spec.size, cfg.get("val_fraction", 0.1), int(cfg.get("seed", 0)))
 
 
 def build_ensemble(checkpoints: list[Path], data: str, out: str = "runs", name: str = "", half: bool = False, flip: bool = False,

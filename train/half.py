@@ -14,7 +14,7 @@ from emo.edge_runtime.errors import EmoError
 from emo.edge_runtime.preprocess import InputSpec, normalize
 
 from .checkpoint import file_sha256, half_weights, load_checkpoint, model_from_checkpoint, save_atomic
-from .data import train_val_splits
+from .data import val_split
 from .evaluate import predict_logits
 
 
@@ -33,7 +33,7 @@ def half_checkpoint(checkpoint: str | Path, out: str | Path, data: str, min_agre
     model = model_from_checkpoint(ck)
     spec = InputSpec.from_dict(ck["input"])
     cfg = ck.get("config") or {}
-    _, val = train_val_splits(data, spec.size, None, cfg.get("val_fraction", 0.1), int(cfg.get("seed", 0)))
+    val = val_split(data, spec.size, cfg.get("val_fraction", 0.1), int(cfg.get("seed", 0)))
     x, y = torch.from_numpy(normalize(val.images, spec)), torch.from_numpy(val.labels)
     cpu = torch.device("cpu")
     full = predict_logits(model, x, cpu)
