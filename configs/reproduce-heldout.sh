@@ -43,37 +43,35 @@ teacher() {  # teacher NAME [fit options]: train (or resume) it, then keep it in
   emo-train half "$out/$name/model.pt" "$kept/$name.pt" --data "$data" >> "$out/$name.log" 2>&1 \
     || { echo "$name trained, but its float16 copy was refused (see $out/$name.log); to keep it in float32: cp $out/$name/model.pt $kept/$name.pt"; return 1; }
 }
-kept=models/teachers
-mkdir -p "$kept"
-for k in 0 1 2 3 4; do
-  [ -f "$kept/emonet-wkf$k.pt" ] && { echo "teacher emonet-wkf$k: kept in $kept/emonet-wkf$k.pt"; continue; }
-  throttle
-  echo "teacher emonet-wkf$k: log $out/emonet-wkf$k.log"
-  teacher "emonet-wkf$k" "$@" &
-done
-for p in $(jobs -rp); do wait "$p" || true; done
-failed=()
-for k in 0 1 2 3 4; do
-  [ -f "$kept/emonet-wkf$k.pt" ] || failed+=("emonet-wkf$k")
-done
-stop_if_unfinished ${failed[@]+"${failed[@]}"}
 student() {  # student NAME [fit options]: train (or resume) it
   local name=$1; shift
   stage "$name" --no-progress "$@" >> "$out/$name.log" 2>&1 || { echo "$name failed or stopped: see $out/$name.log"; return 1; }
   echo "student $name: $(grep "best val accuracy" "$out/$name.log" | tail -n 1)"
 }
-for name in emonet-wkh emonet-kdh; do  # independent of each other: JOBS at a time too
-  grep -q "best val accuracy" "$out/$name.log" 2>/dev/null && { echo "student $name: finished (see $out/$name.log)"; continue; }
-  throttle
-  echo "student $name: log $out/$name.log"
-  student "$name" "$@" &
-done
-for p in $(jobs -rp); do wait "$p" || true; done
-failed=()
-for name in emonet-wkh emonet-kdh; do
-  grep -q "best val accuracy" "$out/$name.log" 2>/dev/null || failed+=("$name")
-done
-stop_if_unfinished ${failed[@]+"${failed[@]}"}
+finished() {  # finished NAME: true, saying where, for a teacher kept in float16 or a student that ran to its end
+  case $1 in
+    emonet-wkf*) [ -f "$kept/$1.pt" ] && echo "kept in $kept/$1.pt";;
+    *) grep -q "best val accuracy" "$out/$1.log" 2>/dev/null && echo "see $out/$1.log";;
+  esac
+}
+side_by_side() {  # side_by_side teacher|student "NAME..." [fit options]: each unfinished NAME, JOBS at a time
+  local kind=$1 names=$2 name where failed=(); shift 2
+  for name in $names; do
+    where=$(finished "$name") && { echo "$kind $name: finished, $where"; continue; }
+    throttle
+    echo "$kind $name: log $out/$name.log"
+    "$kind" "$name" "$@" &
+  done
+  for p in $(jobs -rp); do wait "$p" || true; done
+  for name in $names; do
+    finished "$name" > /dev/null || failed+=("$name")
+  done
+  stop_if_unfinished ${failed[@]+"${failed[@]}"}
+}
+kept=models/teachers
+mkdir -p "$kept"
+side_by_side teacher "emonet-wkf0 emonet-wkf1 emonet-wkf2 emonet-wkf3 emonet-wkf4" "$@"
+side_by_side student "emonet-wkh emonet-kdh" "$@"  # independent of each other: JOBS at a time too
 # The candidates, judged by the rules set in MODEL_CARD.md ("The model ladder") before any student
 # ran: large + emonet-wkh (each member recalibrated, float16, logits averaged) against large's
 # int8 71.83%, and emonet-kdh recalibrated against the default's int8 70.44%. Each export prints
