@@ -6,8 +6,10 @@ import re
 from dataclasses import asdict
 
 import pytest
+import torch
 
 from emo.edge_runtime.errors import EmoError
+from emo.train.checkpoint import load_checkpoint
 from emo.train.config import TrainConfig, build_config, read_recipe, tomllib
 from emo.train.models import build_model
 
@@ -170,3 +172,34 @@ def test_reproduce_heldout_trains_teachers_jobs_at_a_time_then_students(tmp_path
                      "export runs/emonet-large-h/model.pt --calib-data DATA --calib-size 1000",
                      "recalibrate runs/emonet-kdh/model.pt",
                      "export runs/emonet-kdh-bn/model.pt --calib-data DATA --calib-size 1000 --crop-margin 0"]
+
+
+KEPT = sorted((REPO / "models" / "teachers").glob("*.pt"))
+RUN_ONLY = {"data", "threads", "progress", "device"}  # where and how fast a run went, not what it trained
+
+
+@pytest.mark.parametrize("path", KEPT, ids=lambda p: p.name)
+def test_kept_teacher_is_the_float16_run_of_its_config(path):
+    """models/teachers/NAME.pt, which the held-out students read, is the float16 copy
+    (`emo-train half`) of the run configs/NAME.toml trains: the same recipe, the fold it names held
+    out, and a copy that kept the original's top-1 answers."""
+    ck = load_checkpoint(path)
+    want = asdict(build_config(REPO / "configs" / f"{path.stem}.toml", {}))
+    got = ck["config"]
+    assert {k: got.get(k) for k in want if k not in RUN_ONLY} == {k: v for k, v in want.items() if k not in RUN_ONLY}
+    fold = ck["data"]["fold"]
+    assert (fold["folds"], fold["fold"]) == (want["folds"], want["fold"]) and fold["held_out"] > 5000
+    assert ck["storage"] == "float16"
+    assert all(v.dtype == torch.float16 for v in ck["state_dict"].values() if v.is_floating_point())
+    assert ck["half"]["top1_agreement"] >= 0.995
+    assert ck["half"]["val_accuracy_float32"] - ck["half"]["val_accuracy_float16"] <= 0.002
+
+
+def test_kept_teachers_split_the_faces_one_way():
+    """Held-out soft labels are honest only if every kept teacher cut the faces by the same fold
+    assignment, each holding out a different fold."""
+    if not KEPT:
+        pytest.skip("no teachers kept in models/teachers yet")
+    folds = [load_checkpoint(p)["data"]["fold"] for p in KEPT]
+    assert len({f["assignment_sha256"] for f in folds}) == 1
+    assert len({f["fold"] for f in folds}) == len(folds)
