@@ -10,6 +10,8 @@ import torch
 
 from emo.edge_runtime.errors import EmoError
 from emo.edge_runtime.classifier import Classifier
+from emo.edge_runtime.dataset import load_split
+from emo.edge_runtime.preprocess import InputSpec, normalize
 from emo.train.checkpoint import file_sha256, load_checkpoint, model_from_checkpoint
 from emo.train.models import REGISTRY, build_model, count_macs, count_params, grow_state_dict
 from emo.train.augment import augment, mixup, step_generator
@@ -18,7 +20,7 @@ from emo.train.distill import ema_decay, ema_update, make_ema, teacher_probs
 from emo.train.optim import lr_factor
 from emo.train.trainer import RunState
 
-from conftest import bin_path, run_cli
+from conftest import bin_path, run_cli, write_synthetic_fer
 
 
 def test_seed_is_the_original_design():
@@ -374,6 +376,34 @@ class _Const(torch.nn.Module):
         return self.logits.expand(len(x), -1)
 
 
+def _evaluate_folds(teacher, not_a_fold_run, data, tmp):
+    """`emo-train evaluate --fold` on a 2-fold teacher: the held-out fold is the faces the run left
+    out, the other the ones it trained on; bad asks get one-line errors."""
+    from emo.train.data import fold_assignment
+
+    train = load_split(data, "train")
+    f = fold_assignment(train.images, train.labels, 2, 5)
+    ck = load_checkpoint(teacher)
+    model, spec = model_from_checkpoint(ck), InputSpec.from_dict(ck["input"])
+    for which, k, how in (("held-out", 1, "held out: never trained on"), ("0", 0, "trained on")):
+        r = run_cli("emo-train", "evaluate", teacher, data, "--fold", which, "--json", tmp / "rep.json")
+        assert r.returncode == 0, r.stderr
+        assert f"fold {k} of 2 ({how}), 140 training faces" in r.stdout
+        idx = f == k
+        with torch.no_grad():
+            pred = model(torch.from_numpy(normalize(train.images[idx], spec))).argmax(1).numpy()
+        assert json.loads((tmp / "rep.json").read_text())["report"]["accuracy"] == pytest.approx((pred == train.labels[idx]).mean(), abs=1e-4)
+    other = write_synthetic_fer(tmp / "other", {"train": 20, "val": 2}, seed=9)
+    bad = {("--fold", "2"): "--fold must be within 0..1", ("--fold", "one"): "a fold number (0..1) or 'held-out'",
+           ("--fold", "0", "--split", "val"): "drop --split val", ("other",): "split into other folds"}
+    for args, msg in bad.items():
+        where = other if args == ("other",) else data
+        r = run_cli("emo-train", "evaluate", teacher, where, *(("--fold", "held-out") if args == ("other",) else args))
+        assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
+    r = run_cli("emo-train", "evaluate", not_a_fold_run, data, "--fold", "held-out")
+    assert r.returncode == 2 and "is not a fold run" in r.stderr and "Traceback" not in r.stderr
+
+
 def test_heldout_probs_come_from_the_teacher_that_held_each_face_out():
     from emo.train.distill import heldout_teacher_probs
 
@@ -409,5 +439,6 @@ def test_fold_teachers_and_a_heldout_student(seed_run, synthetic_fer, tmp_path):
         assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, (msg, r.stderr)
     r = _fit(synthetic_fer, tmp_path, "bad", *quick, "--set", "folds=2", "--set", "fold=2")
     assert r.returncode == 2 and "fold must be within 0..1" in r.stderr
+    _evaluate_folds(tmp_path / "f1" / "model.pt", seed_run / "model.pt", synthetic_fer, tmp_path)
     r = _fit(synthetic_fer, tmp_path, "bad", *quick, "--set", "fold=1")
     assert r.returncode == 2 and "folds is not" in r.stderr and "Traceback" not in r.stderr

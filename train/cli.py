@@ -52,11 +52,17 @@ def fit(
 def evaluate(
     checkpoint: Path = typer.Argument(..., help="model.pt written by emo-train."),
     data: str = typer.Argument(..., help="FER2013 root, a labelled folder (<emotion>/*.jpg) or fer2013.csv."),
-    split: str = typer.Option("val", help="Split to evaluate: train, val (PublicTest) or test (PrivateTest)."),
+    split: Optional[str] = typer.Option(None, help="Split to evaluate: train, val (PublicTest) or test (PrivateTest); default val, or train with --fold."),
     tta: bool = typer.Option(False, "--tta", help="Also report horizontal-flip test-time averaging."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the report as JSON here."),
+    fold: Optional[str] = typer.Option(None, help="A fold run only: evaluate one fold of its training faces, "
+                                       "a number or 'held-out' (the fold it never trained on); implies --split train."),
 ) -> None:
-    """Accuracy, per-class precision/recall/F1 and the confusion matrix of a checkpoint."""
+    """Accuracy, per-class precision/recall/F1 and the confusion matrix of a checkpoint.
+
+    With --fold, on the training faces of one fold of a fold teacher, cut as its run cut them:
+    `--fold held-out --tta` is how well its soft labels teach a held-out student.
+    """
     import torch
 
     from emo.edge_runtime.dataset import load_split
@@ -67,12 +73,23 @@ def evaluate(
     from .evaluate import evaluate_split
 
     ck = load_checkpoint(checkpoint)
-    model = model_from_checkpoint(ck)
+    model = model_from_checkpoint(ck).float()  # a float16 checkpoint (emo-train half) evaluates in float32
     spec = InputSpec.from_dict(ck["input"])
-    sp = load_split(data, split, spec.size)
+    split = split or ("train" if fold is not None else "val")
+    if fold is not None:
+        if split != "train":
+            raise EmoError(f"--fold picks training faces; drop --split {split} (or --fold)")
+        from .data import fold_faces
+
+        sp, which = fold_faces(ck, data, fold, str(checkpoint))
+        print(which)
+    else:
+        sp = load_split(data, split, spec.size)
     rep, _ = evaluate_split(model, sp, spec, torch.device("cpu"))
     result = {"checkpoint": str(checkpoint), "data": str(data), "split": split, "report": rep}
-    print(format_report(rep, f"{checkpoint} on {data} [{split}]"))
+    if fold is not None:
+        result["fold"] = which
+    print(format_report(rep, f"{checkpoint} on {data} [{split}{', ' + which.split(' (')[0] if fold is not None else ''}]"))
     if tta:
         rep_tta, _ = evaluate_split(model, sp, spec, torch.device("cpu"), tta=True)
         result["report_tta"] = rep_tta

@@ -56,3 +56,33 @@ def fold_record(assignment: np.ndarray, folds: int, fold: int, seed: int) -> dic
 
 def assignment_sha256(assignment: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(assignment, dtype=np.int64).tobytes()).hexdigest()
+
+
+def fold_faces(ck: dict, data: str, which: str, name: str) -> tuple[Split, str]:
+    """The training faces of one fold of fold run ``ck`` (``which``: a fold number or ``held-out``,
+    the fold it never trained on), cut from ``data`` exactly as the run cut them, and a line
+    saying which faces they are. Raises :class:`EmoError` for a run without folds, a fold out of
+    range, or data whose faces split into other folds than the run's did."""
+    rec = ck.get("data", {}).get("fold")
+    if not rec:
+        raise EmoError(f"{name} is not a fold run (trained with folds = K, fold = k), so it has no fold to evaluate; drop --fold")
+    folds = rec["folds"]
+    if which == "held-out":
+        k = rec["fold"]
+    else:
+        try:
+            k = int(which)
+        except ValueError:
+            raise EmoError(f"--fold takes a fold number (0..{folds - 1}) or 'held-out', got {which!r}") from None
+        if not 0 <= k < folds:
+            raise EmoError(f"--fold must be within 0..{folds - 1} ({name} has {folds} folds), got {k}")
+    cfg = ck.get("config", {})
+    train = train_val_splits(data, ck["input"]["size"], None, cfg.get("val_fraction", 0.1), cfg.get("seed", 0))[0]
+    f = fold_assignment(train.images, train.labels, folds, rec["seed"])
+    if assignment_sha256(f) != rec["assignment_sha256"]:
+        raise EmoError(f"the training faces in {data} split into other folds than those {name} was trained on; "
+                       "pass the data it was trained on")
+    idx = np.flatnonzero(f == k)
+    how = "held out: never trained on" if k == rec["fold"] else "trained on"
+    return (Split(train.images[idx], train.labels[idx], train.report),
+            f"fold {k} of {folds} ({how}), {len(idx)} training faces")
