@@ -73,7 +73,7 @@ def evaluate(
     from .evaluate import evaluate_split
 
     ck = load_checkpoint(checkpoint)
-    model = model_from_checkpoint(ck).float()  # a float16 checkpoint (emo-train half) evaluates in float32
+    model = model_from_checkpoint(ck)
     spec = InputSpec.from_dict(ck["input"])
     split = split or ("train" if fold is not None else "val")
     if fold is not None:
@@ -82,14 +82,15 @@ def evaluate(
         from .data import fold_faces
 
         sp, which = fold_faces(ck, data, fold, str(checkpoint))
-        print(which)
+        where = f"{split}, {which}"
     else:
         sp = load_split(data, split, spec.size)
+        where = split
     rep, _ = evaluate_split(model, sp, spec, torch.device("cpu"))
     result = {"checkpoint": str(checkpoint), "data": str(data), "split": split, "report": rep}
     if fold is not None:
         result["fold"] = which
-    print(format_report(rep, f"{checkpoint} on {data} [{split}{', ' + which.split(' (')[0] if fold is not None else ''}]"))
+    print(format_report(rep, f"{checkpoint} on {data} [{where}]"))
     if tta:
         rep_tta, _ = evaluate_split(model, sp, spec, torch.device("cpu"), tta=True)
         result["report_tta"] = rep_tta
