@@ -33,6 +33,7 @@ from .errors import EmoError
 
 PAGE = Path(__file__).parent / "web" / "index.html"
 STAGES = ("decode", "detect", "preprocess", "classify", "track")
+FRAME_HEADER = "X-Emo-Frame"  # on /snapshot.jpg and each MJPEG part: the "frame" of the record the image shows
 
 
 @dataclass
@@ -79,6 +80,7 @@ class LiveState:
         self.started_at = time.monotonic()
         self.jpeg: Optional[bytes] = None
         self.jpeg_seq = 0  # frame seq the JPEG shows
+        self.jpeg_frame = -1  # the "frame" index of the record the JPEG shows
         self.viewers = 0
         self.streams = 0
         self.closed = False
@@ -127,7 +129,7 @@ class LiveState:
             next_slot = time.monotonic() + 1.0 / max(0.1, self.opts.stream_fps)
             with self.cond:
                 self.c.skipped_stream_fps += max(0, seq - self.jpeg_seq - 1)
-                self.jpeg, self.jpeg_seq = jpeg, seq
+                self.jpeg, self.jpeg_seq, self.jpeg_frame = jpeg, seq, result.record["frame"]
                 self.c.jpeg_frames += 1
                 self.jpeg_ready.notify_all()
 
@@ -279,7 +281,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             result, jpeg, fresh = self.state.latest, self.state.jpeg, self.state.jpeg_seq == self.state.seq
         if result is None:
             return self._send(503, "text/plain", b"no frame yet\n")
-        self._send(200, "image/jpeg", jpeg if (fresh and jpeg) else self.state.encode(result))
+        self._send(200, "image/jpeg", jpeg if (fresh and jpeg) else self.state.encode(result),
+                   {FRAME_HEADER: str(result.record["frame"])})
 
     def _stream(self, ctype: str, body):
         """Hold one of the streaming slots while ``body()`` writes; 503 when all are taken."""
@@ -318,9 +321,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
                             continue
                         if sent:  # JPEGs made while this viewer was still writing the last one
                             self.state.c.skipped_slow_viewer += self.state.c.jpeg_frames - sent - 1
-                        jpeg, sent = self.state.jpeg, self.state.c.jpeg_frames
-                    self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(jpeg)
-                                     + jpeg + b"\r\n")
+                        jpeg, frame, sent = self.state.jpeg, self.state.jpeg_frame, self.state.c.jpeg_frames
+                    self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n%s: %d\r\n\r\n"
+                                     % (len(jpeg), FRAME_HEADER.encode(), frame) + jpeg + b"\r\n")
             finally:
                 with self.state.cond:
                     self.state.viewers -= 1

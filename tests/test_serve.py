@@ -87,28 +87,41 @@ def until(cond, seconds: float = 30, step: float = 0.2) -> None:
     raise AssertionError(f"condition not met within {seconds} s")
 
 
-def mjpeg_frames(url: str, n: int, timeout: float = 20) -> list[np.ndarray]:
-    """Read ``n`` JPEG parts of a multipart/x-mixed-replace response and decode them."""
+def mjpeg_frames(url: str, n: int, timeout: float = 20, with_index: bool = False) -> list:
+    """Read ``n`` JPEG parts of a multipart/x-mixed-replace response and decode them; with
+    ``with_index``, (X-Emo-Frame, image) pairs."""
     u = urllib.parse.urlsplit(url)
     conn = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
     conn.request("GET", u.path + ("?" + u.query if u.query else ""))
     r = conn.getresponse()
     assert r.status == 200 and r.headers["Content-Type"].startswith("multipart/x-mixed-replace"), r.status
-    out = []
+    out, part = [], {}
     while len(out) < n:
         line = r.fp.readline()
-        if line.lower().startswith(b"content-length:"):
-            size = int(line.split(b":")[1])
-            r.fp.readline()  # blank line after the part headers
-            out.append(cv2.imdecode(np.frombuffer(r.fp.read(size), np.uint8), cv2.IMREAD_COLOR))
+        if b":" in line:
+            k, v = line.split(b":", 1)
+            part[k.strip().lower()] = v.strip()
+        elif line in (b"\r\n", b"\n") and b"content-length" in part:  # end of the part headers
+            img = cv2.imdecode(np.frombuffer(r.fp.read(int(part[b"content-length"])), np.uint8), cv2.IMREAD_COLOR)
+            out.append((int(part[b"x-emo-frame"]), img) if with_index else img)
+            part = {}
     conn.close()
     return out
 
 
+def snapshot(base: str) -> tuple[int, np.ndarray]:
+    """(X-Emo-Frame, image) of /snapshot.jpg."""
+    with urllib.request.urlopen(base + "/snapshot.jpg", timeout=10) as r:
+        assert r.status == 200 and r.headers["Content-Type"] == "image/jpeg"
+        return int(r.headers["X-Emo-Frame"]), cv2.imdecode(np.frombuffer(r.read(), np.uint8), cv2.IMREAD_COLOR)
+
+
 @pytest.fixture(scope="module")
 def two_faces_video(tmp_path_factory, photos) -> Path:
-    """Two real faces side by side (two_people.jpg), drifting, 200 frames at 10 fps."""
-    return make_test_video(photos / "two_people.jpg", tmp_path_factory.mktemp("serve") / "two.avi", frames=200, fps=10)
+    """Two real faces side by side (two_people.jpg), drifting, 1000 frames at 10 fps. serve reads a
+    file as fast as it can (about 40 frames/s on 2 cores), so the clip must outlast the tests that
+    wait for new frames on a faster machine; they stop it with SIGTERM."""
+    return make_test_video(photos / "two_people.jpg", tmp_path_factory.mktemp("serve") / "two.avi", frames=1000, fps=10)
 
 
 @pytest.fixture(scope="module")
@@ -122,19 +135,27 @@ def astronaut_stream():
 
 def test_stream_snapshot_api_events_and_metrics(two_faces_video):
     with serving(two_faces_video, "--stream-fps", "5") as (base, p):
-        frames = mjpeg_frames(base + "/stream.mjpg", 2)
-        code, rec = get(base + "/api/latest")
-        assert code == 200
+        frames = mjpeg_frames(base + "/stream.mjpg", 2, with_index=True)
+        assert frames[0][0] < frames[1][0] and frames[-1][1].shape == (480, 640, 3)
+        # the annotation is drawn: the top edge of each face box has its emotion's colour. The video
+        # is read faster than real time, so pair the image with its own record by X-Emo-Frame.
+        pairs = []
+        for _ in range(100):
+            code, rec = get(base + "/api/latest")
+            index, img = snapshot(base)
+            if code == 200 and index == rec["frame"]:
+                pairs.append((rec, img))
+                break
+            time.sleep(0.1)
+        assert pairs, "no snapshot matched /api/latest within 100 tries"
+        rec, img = pairs[0]
         check_record(rec)
-        assert frames[-1].shape == (480, 640, 3)
-        # the annotation is drawn: the top edge of a face box has that emotion's colour
-        f = rec["faces"][0]
-        x, y, w, h = f["box"]
-        color = np.array(COLORS[LABELS.index(f["emotion"])])
-        edge = frames[-1][max(0, y - 1): y + 2, x + w // 4: x + 3 * w // 4].reshape(-1, 3).astype(int)
-        assert (np.abs(edge - color).sum(1) < 90).mean() > 0.3
-        code, jpg = get(base + "/snapshot.jpg")
-        assert code == 200 and cv2.imdecode(np.frombuffer(jpg, np.uint8), cv2.IMREAD_COLOR).shape == (480, 640, 3)
+        assert img.shape == (480, 640, 3) and rec["faces"]
+        for f in rec["faces"]:
+            x, y, w, h = f["box"]
+            color = np.array(COLORS[LABELS.index(f["emotion"])])
+            edge = img[max(0, y - 1): y + 2, x + w // 4: x + 3 * w // 4].reshape(-1, 3).astype(int)
+            assert (np.abs(edge - color).sum(1) < 90).mean() > 0.3, f
         # server-sent events, one record per event
         conn = http.client.HTTPConnection("127.0.0.1", int(base.rsplit(":", 1)[1]), timeout=20)
         conn.request("GET", "/api/events?rate=20")
