@@ -87,9 +87,8 @@ def until(cond, seconds: float = 30, step: float = 0.2) -> None:
     raise AssertionError(f"condition not met within {seconds} s")
 
 
-def mjpeg_frames(url: str, n: int, timeout: float = 20, with_index: bool = False) -> list:
-    """Read ``n`` JPEG parts of a multipart/x-mixed-replace response and decode them; with
-    ``with_index``, (X-Emo-Frame, image) pairs."""
+def mjpeg_frames(url: str, n: int, timeout: float = 20) -> list[tuple[int, np.ndarray]]:
+    """Read ``n`` JPEG parts of a multipart/x-mixed-replace response: (X-Emo-Frame, decoded image)."""
     u = urllib.parse.urlsplit(url)
     conn = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
     conn.request("GET", u.path + ("?" + u.query if u.query else ""))
@@ -103,7 +102,7 @@ def mjpeg_frames(url: str, n: int, timeout: float = 20, with_index: bool = False
             part[k.strip().lower()] = v.strip()
         elif line in (b"\r\n", b"\n") and b"content-length" in part:  # end of the part headers
             img = cv2.imdecode(np.frombuffer(r.fp.read(int(part[b"content-length"])), np.uint8), cv2.IMREAD_COLOR)
-            out.append((int(part[b"x-emo-frame"]), img) if with_index else img)
+            out.append((int(part[b"x-emo-frame"]), img))
             part = {}
     conn.close()
     return out
@@ -135,20 +134,19 @@ def astronaut_stream():
 
 def test_stream_snapshot_api_events_and_metrics(two_faces_video):
     with serving(two_faces_video, "--stream-fps", "5") as (base, p):
-        frames = mjpeg_frames(base + "/stream.mjpg", 2, with_index=True)
+        frames = mjpeg_frames(base + "/stream.mjpg", 2)
         assert frames[0][0] < frames[1][0] and frames[-1][1].shape == (480, 640, 3)
         # the annotation is drawn: the top edge of each face box has its emotion's colour. The video
         # is read faster than real time, so pair the image with its own record by X-Emo-Frame.
-        pairs = []
-        for _ in range(100):
-            code, rec = get(base + "/api/latest")
-            index, img = snapshot(base)
-            if code == 200 and index == rec["frame"]:
-                pairs.append((rec, img))
-                break
-            time.sleep(0.1)
-        assert pairs, "no snapshot matched /api/latest within 100 tries"
-        rec, img = pairs[0]
+        seen = {}
+
+        def paired() -> bool:
+            code, seen["rec"] = get(base + "/api/latest")
+            index, seen["img"] = snapshot(base)
+            return code == 200 and index == seen["rec"]["frame"]
+
+        until(paired, seconds=20, step=0.1)
+        rec, img = seen["rec"], seen["img"]
         check_record(rec)
         assert img.shape == (480, 640, 3) and rec["faces"]
         for f in rec["faces"]:
@@ -258,7 +256,7 @@ def test_a_stalled_client_does_not_stop_others_or_the_loop(astronaut_stream):
         stalled.sendall(b"GET /stream.mjpg HTTP/1.1\r\nHost: x\r\n\r\n")  # and never reads
         f0 = get(base + "/api/latest")[1]["frame"]
         frames = mjpeg_frames(base + "/stream.mjpg", 20)  # another viewer keeps getting frames
-        assert len(frames) == 20 and all(f is not None for f in frames)
+        assert len(frames) == 20 and all(img is not None for _, img in frames)
         until(lambda: get(base + "/api/latest")[1]["frame"] > f0 + 30, seconds=20)  # and the loop runs on
         until(lambda: "emo_dropped_clients_total 1" in get(base + "/metrics")[1], seconds=60)  # dropped once its buffers fill and 5 s pass
         stalled.close()
