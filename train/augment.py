@@ -13,6 +13,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from emo.edge_runtime.degrade import random_degrade
+
 from .config import TrainConfig
 
 
@@ -58,6 +60,21 @@ def augment(x: torch.Tensor, cfg: TrainConfig, g: torch.Generator) -> torch.Tens
         for i in torch.nonzero(on).flatten().tolist():
             x[i, :, y0[i] : y0[i] + eh[i], x0[i] : x0[i] + ew[i]] = 0.0
     return x
+
+
+def degrade(x: torch.Tensor, cfg: TrainConfig, g: torch.Generator) -> torch.Tensor:
+    """Each face of a normalised batch, with probability ``cfg.degrade``, as a random camera would
+    spoil it (:func:`emo.edge_runtime.degrade.random_degrade`: distance down to ``degrade_min_px``,
+    blur, noise, lighting, JPEG), worked on the uint8 pixels the runtime would see."""
+    rng = np.random.default_rng(int(torch.randint(0, 2**31, (1,), generator=g)))
+    pick = np.flatnonzero(rng.random(len(x)) < cfg.degrade)
+    if not len(pick):
+        return x
+    pix = np.clip(np.rint((x[pick, 0].numpy() * cfg.std + cfg.mean) * 255.0), 0, 255).astype(np.uint8)
+    spoiled = np.stack([random_degrade(im, rng, cfg.degrade_min_px) for im in pix]).astype(np.float32)
+    out = x.clone()
+    out[torch.from_numpy(pick), 0] = torch.from_numpy((spoiled / 255.0 - cfg.mean) / cfg.std)
+    return out
 
 
 def mixup(x: torch.Tensor, alpha: float, g: torch.Generator) -> tuple[torch.Tensor, float, torch.Tensor]:

@@ -47,6 +47,8 @@ class TrainConfig:
     contrast: float = 0.3
     random_erasing: float = 0.25
     mixup: float = 0.0  # Beta(alpha, alpha) mixup; 0 = off
+    degrade: float = 0.0  # probability that a face is spoiled as a real camera would (blur, distance, noise, JPEG, light)
+    degrade_min_px: int = 12  # the smallest face height the degradation shrinks a face to
     class_weights: bool = False
     val_fraction: float = 0.1  # only used when the data has no validation split
     patience: int = 15  # early stopping on val accuracy; 0 = off
@@ -62,6 +64,7 @@ class TrainConfig:
     kd_alpha: float = 0.0  # weight of the distillation loss (0: off); the label loss gets 1 - kd_alpha
     kd_temperature: float = 2.0
     kd_flip: bool = False  # teachers also see the mirrored batch (flip-averaged soft labels)
+    kd_clean: bool = False  # teachers see each face before degradation (consistency distillation)
     kd_heldout: bool = False  # teachers are fold runs (folds = K, one per fold): each face is taught only by the teacher that never trained on it
     folds: int = 0  # with fold: split the training faces into this many stratified folds and train without one (0: all faces)
     fold: int = 0  # the fold held out when folds is set
@@ -71,6 +74,8 @@ class TrainConfig:
     threads: int = 0  # torch intra-op threads on CPU; 0 = torch's default
     limit_per_class: int = 0  # load at most this many images per class (quick runs, tests)
     tta: bool = False  # also report flip-averaged validation accuracy
+    val_degrade: bool = False  # also validate on the robustness benchmark's conditions (mean and worst)
+    select: str = "accuracy"  # the best epoch by: accuracy (clean) | robust (mean of clean and the degraded mean)
     out: str = "runs"
     name: str = ""  # default: the recipe's file name, else ARCH-TIMESTAMP
     plots: bool = True

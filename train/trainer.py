@@ -30,12 +30,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from emo.edge_runtime.dataset import Split
+from emo.edge_runtime.degrade import CONDITIONS, degrade_images, summarize
 from emo.edge_runtime.errors import EmoError
 from emo.edge_runtime.labels import LABELS
 from emo.edge_runtime.preprocess import InputSpec, normalize
 from emo.edge_runtime.stopping import StopFlag
 
-from .augment import augment, epoch_permutation, mixup, step_generator
+from .augment import augment, degrade, epoch_permutation, mixup, step_generator
 from .checkpoint import load_checkpoint, make_checkpoint, model_from_checkpoint, save_atomic
 from .config import TrainConfig
 from .data import assignment_sha256, fold_assignment, fold_record, train_val_splits
@@ -46,6 +47,8 @@ from .optim import lr_factor, make_optimizer, set_lr
 from .recalibrate import batchnorm_layers, recalibrate_bn
 from .runlog import write_logs
 
+ROBUST_KEYS = ("val_degraded_mean", "val_degraded_worst", "val_robust")
+SELECT_KEYS = {"accuracy": "val_accuracy", "robust": "val_robust"}
 RESUME_OVERRIDABLE = ("patience", "progress", "plots", "threads", "device", "data")
 
 
@@ -77,15 +80,14 @@ class RunState:
     def from_dict(cls, d: dict) -> "RunState":
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
-    def record(self, row: dict, report: dict) -> bool:
-        """Add a finished epoch's row; True when it is the best so far."""
+    def record(self, row: dict, report: dict, key: str = "val_accuracy") -> bool:
+        """Add a finished epoch's row; True when it is the best so far by ``row[key]``."""
         self.history.append(row)
-        improved = row["val_accuracy"] > self.best["val_accuracy"]
+        improved = row[key] > self.best.get(key, -1.0)
         if improved:
             self.best = {"val_accuracy": row["val_accuracy"], "epoch": row["epoch"], "step": row["step"],
                          "val_macro_f1": row["val_macro_f1"]}
-            if "val_accuracy_tta" in row:
-                self.best["val_accuracy_tta"] = row["val_accuracy_tta"]
+            self.best.update({k: row[k] for k in (*ROBUST_KEYS, "val_accuracy_tta") if k in row})
             self.bad_epochs, self.best_report = 0, report
         else:
             self.bad_epochs += 1
@@ -108,6 +110,7 @@ class Run:
     x_train: torch.Tensor
     y_train: torch.Tensor
     val: Split
+    val_degraded: dict  # val_degrade: the validation faces under each benchmark condition
     data_record: dict  # where the data came from and its fingerprints, saved in every checkpoint
     arch_info: dict  # parameters and MACs, saved in every checkpoint
     model: nn.Module
@@ -199,18 +202,23 @@ def train_step(run: Run, idx: torch.Tensor, g: torch.Generator, step: int) -> tu
     xb, yb = run.x_train[idx], run.y_train[idx]
     if cfg.augment:
         xb = augment(xb, cfg, g)
+    clean = xb
+    if cfg.degrade > 0:
+        xb = degrade(xb, cfg, g)
     lam, partner = 1.0, None
     if cfg.mixup > 0:
         xb, lam, partner = mixup(xb, cfg.mixup, g)
     if run.world > 1:  # this rank's interleaved slice of the global batch; mixup partners were chosen
         xb, yb, partner = xb[run.rank :: run.world], yb[run.rank :: run.world], None  # on it: plain labels
+        clean = clean[run.rank :: run.world]
     xb, yb = xb.to(run.device, non_blocking=True), yb.to(run.device, non_blocking=True)
+    teacher_x = clean.to(run.device, non_blocking=True) if cfg.kd_clean else xb
     set_lr(run.opt, cfg.lr * lr_factor(cfg, step, run.total_steps, run.steps_per_epoch))
     with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.use_amp):
         logits = run.ddp_model(xb)
     logits = logits.float()
     folds = run.face_folds[idx][run.rank :: run.world] if run.face_folds is not None else None
-    loss = compute_loss(run, logits, xb, yb, lam, partner, folds)
+    loss = compute_loss(run, logits, teacher_x, yb, lam, partner, folds)
     run.opt.zero_grad(set_to_none=True)
     loss.backward()
     run.opt.step()
@@ -222,7 +230,8 @@ def train_step(run: Run, idx: torch.Tensor, g: torch.Generator, step: int) -> tu
 def compute_loss(run: Run, logits: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor, lam: float,
                  partner: Optional[torch.Tensor], face_folds: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Label-smoothed cross-entropy (mixed with the mixup partners' labels), blended with the
-    distillation loss when there are teachers, plus the explicit L2 penalty."""
+    distillation loss when there are teachers, plus the explicit L2 penalty. ``xb`` is what the
+    teachers see: the student's batch, or with ``kd_clean`` the same faces before degradation."""
     cfg = run.cfg
     ce = lambda y: F.cross_entropy(logits, y, weight=run.class_weights, label_smoothing=cfg.label_smoothing)  # noqa: E731
     loss = ce(yb)
@@ -252,17 +261,30 @@ def end_epoch(run: Run, state: RunState, t0: float) -> None:
            "seconds": round(time.time() - t0, 1)}
     if cfg.tta:
         row["val_accuracy_tta"] = evaluate_split(model, run.val, run.spec, run.device, tta=True)[0]["accuracy"]
-    improved = state.record(row, rep)
+    if run.val_degraded:
+        row.update(robust_row(model, run, rep["accuracy"]))
+    improved = state.record(row, rep, SELECT_KEYS[cfg.select])
     if run.is_main:
         if improved:
             save_atomic(checkpoint(run, state, model, resumable=False), run.dir / "model.pt")
         save_atomic(checkpoint(run, state, run.model, resumable=True), run.dir / "last.pt")
         write_logs(run.dir, state.history, state.best, state.best_report, cfg.plots)
+    robust = (f" degraded mean {row['val_degraded_mean']:.4f} worst {row['val_degraded_worst']:.4f}"
+              if "val_robust" in row else "")
     run.log(f"epoch {row['epoch']}/{run.epochs}: train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f} | "
-            f"val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f}{' *' if improved else ''} | {row['seconds']:.0f}s")
+            f"val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f}{robust}{' *' if improved else ''} | {row['seconds']:.0f}s")
     if run.early_stopped(state):
         run.log(f"early stop: no val improvement for {cfg.patience} epochs "
                 f"(best {state.best['val_accuracy']:.4f} at epoch {state.best['epoch']})")
+
+
+def robust_row(model: nn.Module, run: Run, clean: float) -> dict:
+    """Validation accuracy under the robustness benchmark's conditions: their mean, the worst, and
+    ``val_robust``, the mean of clean and degraded-mean accuracy (what ``select = "robust"`` keeps)."""
+    acc = {name: evaluate_split(model, sp, run.spec, run.device)[0]["accuracy"] for name, sp in run.val_degraded.items()}
+    s = summarize(acc, list(acc))
+    return {"val_degraded_mean": round(s["mean"], 5), "val_degraded_worst": round(s["worst"], 5),
+            "val_robust": round((clean + s["mean"]) / 2, 5)}
 
 
 def validated_model(run: Run) -> nn.Module:
@@ -339,6 +361,7 @@ def setup(cfg: TrainConfig, resuming: bool, log: Callable) -> Run:
     data_record = {"source": str(Path(cfg.data).resolve()), "train_fingerprint": train_split.fingerprint(),
                    "val_fingerprint": val_split.fingerprint(), "train_report": train_split.report.to_dict(),
                    "val_report": val_split.report.to_dict()}
+    check_robust_settings(cfg)
     keep, teacher_paths, face_folds = folds_of_run(cfg, train_split, data_record, log)
     x_train = torch.from_numpy(normalize(train_split.images[keep], spec))
     y_train = torch.from_numpy(train_split.labels[keep])
@@ -357,11 +380,32 @@ def setup(cfg: TrainConfig, resuming: bool, log: Callable) -> Run:
         ddp_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     return Run(cfg=cfg, dir=make_run_dir(cfg, rank == 0), log=log, world=world, rank=rank, device=device,
                use_amp=(cfg.amp and device.type == "cuda") or (cfg.cpu_amp and device.type == "cpu"),
-               spec=spec, x_train=x_train, y_train=y_train, val=val_split, data_record=data_record, arch_info=arch_info,
+               spec=spec, x_train=x_train, y_train=y_train, val=val_split, val_degraded=degraded_splits(cfg, val_split),
+               data_record=data_record, arch_info=arch_info,
                model=model, ddp_model=ddp_model, opt=make_optimizer(model, cfg),
                ema_model=make_ema(model) if cfg.ema else None, teachers=teachers, face_folds=face_folds,
                class_weights=class_weights(y_train).to(device) if cfg.class_weights else None,
                steps_per_epoch=steps_per_epoch, total_steps=total, epochs=math.ceil(total / steps_per_epoch))
+
+
+def check_robust_settings(cfg: TrainConfig) -> None:
+    if cfg.select not in SELECT_KEYS:
+        raise EmoError(f"select must be one of {', '.join(SELECT_KEYS)}, got '{cfg.select}'")
+    if cfg.select == "robust" and not cfg.val_degrade:
+        raise EmoError("select = \"robust\" needs val_degrade = true (the degraded validation it selects by)")
+    if not 0.0 <= cfg.degrade <= 1.0:
+        raise EmoError(f"degrade is a probability per face, within [0, 1]; got {cfg.degrade}")
+    if cfg.kd_clean and not (cfg.degrade and cfg.kd_alpha):
+        raise EmoError("kd_clean shows the teachers the faces before degradation; set degrade (e.g. 0.5) and kd_alpha too")
+    if cfg.kd_clean and cfg.mixup:
+        raise EmoError("kd_clean cannot be used with mixup: the clean faces the teachers see are not the mixed ones")
+
+
+def degraded_splits(cfg: TrainConfig, val: Split) -> dict:
+    """The validation faces under each benchmark condition (none unless ``val_degrade``)."""
+    if not cfg.val_degrade:
+        return {}
+    return {name: Split(degrade_images(val.images, name), val.labels, val.report) for name in CONDITIONS}
 
 
 def folds_of_run(cfg: TrainConfig, train_split: Split, data_record: dict, log: Callable
