@@ -77,10 +77,13 @@ class Classifier:
     """Emotion scores for face crops.
 
     ``Classifier(path).predict(batch)`` takes a float32 ``(N, 1, S, S)`` batch made by
-    :mod:`emo.edge_runtime.preprocess` and returns probabilities ``(N, 7)``.
+    :mod:`emo.edge_runtime.preprocess` and returns probabilities ``(N, 7)``, softened by the
+    temperature the model's metadata carries. With ``tta`` each face and its mirror image are
+    classified in the same call and their probabilities averaged.
     """
 
-    def __init__(self, model: str | os.PathLike | None = None, threads: int = 1, spin: bool = True):
+    def __init__(self, model: str | os.PathLike | None = None, threads: int = 1, spin: bool = True, tta: bool = False):
+        self.tta = tta
         self.path = resolve_model(model)
         self.session = load_session(self.path, threads, spin)
         self.meta = read_metadata(self.session, shown(self.path))
@@ -113,9 +116,16 @@ class Classifier:
         return self.session.run(None, {self.input_name: np.ascontiguousarray(x, np.float32)})[0]
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        """Probabilities ``(N, 7)`` for a normalised batch."""
-        out = self.logits(x).astype(np.float32)
+        """Probabilities ``(N, 7)`` for a normalised batch (mirror-averaged with ``tta``)."""
+        if not self.tta or len(x) == 0:
+            return self._probabilities(self.logits(x))
+        both = self._probabilities(self.logits(np.concatenate([x, x[:, :, :, ::-1]])))
+        return (both[: len(x)] + both[len(x) :]) * np.float32(0.5)
+
+    def _probabilities(self, out: np.ndarray) -> np.ndarray:
+        out = out.astype(np.float32)
         if self.meta.output == "logits":
+            out = out / np.float32(self.meta.temperature)
             out = out - out.max(axis=1, keepdims=True)
             np.exp(out, out=out)
             out /= out.sum(axis=1, keepdims=True)

@@ -129,13 +129,19 @@ def fetch(
     name: str = typer.Argument(..., help="What to download: yunet (the YuNet face detector, 227 KiB)."),
     url: Optional[str] = typer.Option(None, help="Download from this URL instead (a mirror)."),
     sha256: Optional[str] = typer.Option(None, help="Expect this SHA-256 instead of the pinned one (another release)."),
-    timeout: float = typer.Option(30.0, min=1, help="Seconds to wait for the server."),
+    timeout: float = typer.Option(30.0, min=1, help="Seconds to wait for the server on each read."),
+    deadline: Optional[float] = typer.Option(None, min=1, help="Seconds for the whole download (default: 120); a slower mirror is given up."),
 ) -> None:
     """Download a model emo can use (the only download emo ever does) into the per-user cache."""
+    from .assets import Stopped
     from .assets import fetch as fetch_asset
     from .files import shown
 
-    path = fetch_asset(name, url, sha256, timeout)
+    try:
+        path = fetch_asset(name, url, sha256, timeout, deadline)
+    except Stopped as e:
+        print(f"emo-edge: fetch {name} stopped by {e}; nothing was saved", file=sys.stderr)
+        raise typer.Exit(e.code) from None
     print(f"emo-edge: saved {name} to {shown(path)} ({path.stat().st_size:,} bytes, SHA-256 checked); "
           "--detector auto uses it from now on")
 
@@ -181,34 +187,45 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print the list as
 
 @app.command()
 def evaluate(
-    model: Path = typer.Argument(..., help="tiny, default, large (bundled) or an emo ONNX file."),
     data: str = typer.Argument(..., help="Labelled faces: a folder of <emotion>/*.jpg, a FER2013 root or fer2013.csv."),
+    legacy_data: Optional[str] = typer.Argument(None, hidden=True),  # the old form: evaluate MODEL DATA
+    model: Optional[Path] = MODEL,
     split: str = typer.Option("val", help="For a FER2013 root or CSV: train, val (PublicTest) or test (PrivateTest)."),
+    degrade: Optional[str] = typer.Option(None, help="Also score spoiled copies: all, or a list such as blur,jpeg,face16 "
+                                          "(dark bright blur motion jpeg face24 face16 noise rot+15 rot-15; faceN for any N)."),
+    tta: bool = typer.Option(False, "--tta", help="Average each face's scores with its mirror image's (twice the work)."),
     threads: int = typer.Option(1, min=1, help="onnxruntime threads."),
     batch: int = typer.Option(256, min=1, help="Faces per inference call."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the report as JSON here."),
 ) -> None:
-    """Accuracy, per-class precision/recall/F1 and confusion matrix on pre-cropped labelled faces."""
+    """Accuracy, per-class precision/recall/F1, confusion matrix and calibration (ECE) on
+    pre-cropped labelled faces; with --degrade, a robustness table (clean, each condition, mean, worst)."""
     from .classifier import Classifier
     from .dataset import CSV_USAGE, load_split
+    from .degrade import parse_conditions
+    from .evaluation import evaluate_faces, format_evaluation
     from .files import atomic_write_text, is_dir, same_file, shown
-    from .metrics import classification_report, format_report
     from .runner import usable_threads
 
+    if legacy_data is not None:
+        if model is not None:
+            raise EmoError("give the model once: emo-edge evaluate DATA --model MODEL")
+        model, data = Path(data), legacy_data
     if split not in CSV_USAGE:
         raise EmoError(f"--split must be one of {', '.join(CSV_USAGE)}, not '{split}'")
+    conditions = parse_conditions(degrade) if degrade is not None else []
     if json_out is not None and not is_dir(json_out.parent or "."):
         raise EmoError(f"--json {shown(json_out)}: the folder {shown(json_out.parent)} does not exist; create it first")
-    if json_out is not None and (same_file(json_out, model) or same_file(json_out, data)):
+    if json_out is not None and ((model is not None and same_file(json_out, model)) or same_file(json_out, data)):
         raise EmoError(f"--json {shown(json_out)} is an input of this run; it would be overwritten. Write elsewhere")
-    clf = Classifier(model, threads=usable_threads(threads))
+    clf = Classifier(model, threads=usable_threads(threads), tta=tta)
     sp = load_split(data, split, clf.spec.size, skip_blank=False)
     for line in sp.report.lines():
         print(f"emo-edge: {line.strip()}", file=sys.stderr)
-    rep = classification_report(sp.labels, clf.top_labels(sp.images, batch))
-    print(format_report(rep, f"{shown(model)} on {shown(data)} [{split}]"))
+    result = evaluate_faces(clf, sp, conditions, batch)
+    print(format_evaluation(result, f"{shown(clf.path)} on {shown(data)} [{split}]{' (mirror-averaged)' if tta else ''}"))
     if json_out:
-        atomic_write_text(json_out, json.dumps({"model": shown(model), "data": shown(data), "split": split, "report": rep,
+        atomic_write_text(json_out, json.dumps({"model": shown(clf.path), "data": shown(data), "split": split, **result,
                                                 "data_report": sp.report.to_dict()}, indent=2))
 
 

@@ -26,6 +26,7 @@ class ModelMetadata:
     input: InputSpec = field(default_factory=InputSpec)
     labels: tuple[str, ...] = LABELS
     output: str = "logits"
+    temperature: float = 1.0  # logits are divided by it before the softmax (fitted at export on validation faces)
     metrics: dict = field(default_factory=dict)
     checkpoint_sha256: str = ""
     emo_version: str = ""
@@ -48,6 +49,10 @@ class ModelMetadata:
             problems.append(f"labels {self.labels!r} are not the FER2013 labels {list(LABELS)}")
         if self.output not in OUTPUT_KINDS:
             problems.append(f"output {self.output!r} is not one of {OUTPUT_KINDS}")
+        if not (_is_number(self.temperature) and 0.05 <= self.temperature <= 20):
+            problems.append(f"temperature {self.temperature!r} must be a number within 0.05..20")
+        elif self.output != "logits" and self.temperature != 1.0:
+            problems.append(f"temperature {self.temperature!r} applies to logits, but the output is {self.output}")
         if self.precision not in PRECISIONS:
             problems.append(f"precision {self.precision!r} is not one of {PRECISIONS}")
         s = self.input

@@ -47,3 +47,41 @@ def format_report(rep: dict, title: str = "") -> str:
     for name, row in zip(labels, rep["confusion_matrix"]):
         lines.append(f"{name:<10}" + "".join(f"{v:>8d}" for v in row))
     return "\n".join(lines)
+
+
+def expected_calibration_error(probs: np.ndarray, y_true: np.ndarray, bins: int = 15) -> float:
+    """ECE: the gap between confidence (top probability) and accuracy, averaged over ``bins``
+    equal-width confidence bins weighted by how many faces fall in each."""
+    probs = np.asarray(probs, np.float64)
+    if not len(probs):
+        return 0.0
+    conf, hit = probs.max(1), (probs.argmax(1) == np.asarray(y_true)).astype(np.float64)
+    idx = np.minimum((conf * bins).astype(np.int64), bins - 1)
+    gap = np.abs(np.bincount(idx, conf, bins) - np.bincount(idx, hit, bins))
+    return float(gap.sum() / len(probs))
+
+
+def fit_temperature(logits: np.ndarray, y_true: np.ndarray) -> float:
+    """The temperature T that minimises the cross-entropy of softmax(logits / T) on labelled faces
+    (a golden-section search over log T in [0.05, 20]; the loss is convex in 1/T)."""
+    logits, y = np.asarray(logits, np.float64), np.asarray(y_true, np.int64)
+
+    def nll(log_t: float) -> float:
+        z = logits / np.exp(log_t)
+        z = z - z.max(1, keepdims=True)
+        return float(np.mean(np.log(np.exp(z).sum(1)) - z[np.arange(len(y)), y]))
+
+    lo, hi = np.log(0.05), np.log(20.0)
+    ratio = (np.sqrt(5) - 1) / 2
+    a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
+    fa, fb = nll(a), nll(b)
+    for _ in range(60):
+        if fa < fb:
+            hi, b, fb = b, a, fa
+            a = hi - ratio * (hi - lo)
+            fa = nll(a)
+        else:
+            lo, a, fa = a, b, fb
+            b = lo + ratio * (hi - lo)
+            fb = nll(b)
+    return float(np.exp((lo + hi) / 2))

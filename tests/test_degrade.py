@@ -111,3 +111,26 @@ def test_robust_fit_selects_by_degraded_validation(seed_run, synthetic_fer, tmp_
 def test_robust_settings_errors(synthetic_fer, tmp_path, sets, says):
     r = _fit(synthetic_fer, tmp_path, "bad", *sets)
     assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_evaluate_prints_and_writes_the_robustness_table(synthetic_fer, tmp_path):
+    out = tmp_path / "r.json"
+    r = run_cli("emo-edge", "evaluate", synthetic_fer, "--model", "tiny", "--degrade", "blur,face16,noise", "--json", out)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(out.read_text())
+    deg = res["degraded"]
+    assert list(deg["accuracy"]) == ["clean", "blur", "face16", "noise"]
+    assert deg["accuracy"]["clean"] == res["report"]["accuracy"]
+    vals = [deg["accuracy"][n] for n in ("blur", "face16", "noise")]
+    assert deg["mean"] == pytest.approx(sum(vals) / 3, abs=1e-4) and deg["worst"] == min(vals)
+    assert 0.0 <= res["ece"] <= 1.0 and res["temperature"] == 1.0 and res["tta"] is False
+    for word in ("face16", "mean", "worst", "ECE"):
+        assert word in r.stdout
+    # the old form (model first) still works and gives the same clean figure
+    old = run_cli("emo-edge", "evaluate", "tiny", synthetic_fer, "--json", tmp_path / "o.json")
+    assert old.returncode == 0, old.stderr
+    assert json.loads((tmp_path / "o.json").read_text())["report"] == res["report"]
+    both = run_cli("emo-edge", "evaluate", "tiny", synthetic_fer, "--model", "tiny")
+    assert both.returncode == 2 and "give the model once" in both.stderr and "Traceback" not in both.stderr
+    bad = run_cli("emo-edge", "evaluate", synthetic_fer, "--degrade", "fog")
+    assert bad.returncode == 2 and "unknown degradation 'fog'" in bad.stderr and "Traceback" not in bad.stderr
