@@ -115,8 +115,7 @@ def analyze(
     Exit status: 0 every video analysed (or already complete), 1 some failed, 3 all failed,
     2 a usage error (nothing done), 130/143 stopped by Ctrl-C/SIGTERM (rerun to resume)."""
     params = dict(locals())
-    from .analyze import AnalyzeOptions
-    from .batch import analyze_batch
+    from .analyze import AnalyzeOptions, analyze_batch
 
     run = {k: params.pop(k) for k in ("inputs", "out", "workers", "force", "progress")}
     code = analyze_batch(run["inputs"], run["out"], AnalyzeOptions(**params), run["workers"], run["force"], run["progress"])

@@ -21,12 +21,12 @@ import pytest
 
 from conftest import REPO, bin_path, make_video, run_cli
 from emo.edge_runtime.analyze import FRAME_COLUMNS, TRACK_COLUMNS, AnalyzeOptions, TrackStats, analyze_video, consolidate
-from emo.edge_runtime.batch import EXIT_ALL, EXIT_NONE, EXIT_SOME
+from emo.edge_runtime.analyze import EXIT_ALL, EXIT_NONE, EXIT_SOME
 from emo.edge_runtime.bench import make_test_video
 from emo.edge_runtime.faces import HaarDetector
 from emo.edge_runtime.labels import LABELS
 from emo.edge_runtime.stopping import StopFlag
-from emo.edge_runtime.timeline import picture_size
+from emo.edge_runtime.analyze.timeline import picture_size
 
 ASTRONAUT = REPO / "examples" / "astronaut.png"
 

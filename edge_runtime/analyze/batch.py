@@ -1,4 +1,4 @@
-"""Many videos for `emo-edge analyze`: :func:`analyze_batch` maps :func:`analyze.analyze_video`
+"""Many videos for `emo-edge analyze`: :func:`analyze_batch` maps :func:`.video.analyze_video`
 over the videos named, in worker processes when asked, with progress bars on a terminal and one
 line per video; one video that fails is reported and the others go on; a signal stops the batch
 cleanly, and the same command run again resumes it (finished videos are skipped).
@@ -7,77 +7,18 @@ from __future__ import annotations
 
 import os
 import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-import cv2
-
-from .analyze import AnalyzeOptions, VideoResult, analyze_video
-from .errors import EmoError
-from .files import IMAGE_EXTS, VIDEO_EXTS, check_file, check_writable_dir, is_dir, shown
-from .stopping import StopFlag
+from ..errors import EmoError
+from ..files import check_writable_dir, shown
+from ..stopping import StopFlag
+from .jobs import Job, find_videos, plan, run_job
+from .video import AnalyzeOptions, VideoResult
+from .workers import init_worker, run_in_worker
 
 # Exit status of `emo-edge analyze` (README: Analyse recordings); 130/143 when stopped by a signal.
 EXIT_ALL, EXIT_SOME, EXIT_USAGE, EXIT_NONE = 0, 1, 2, 3
-
-
-@dataclass
-class Job:
-    video: Path
-    out: Path
-    frames: int  # as the container reports it (0 when unknown); for the progress bars
-
-
-def find_videos(inputs: Sequence[str]) -> list[Path]:
-    """Video files named, or found (not recursively) in folders named, each once, in order."""
-    videos, seen = [], set()
-    for arg in inputs:
-        if is_dir(arg):
-            try:
-                found = sorted(p for p in Path(arg).iterdir() if p.suffix.lower() in VIDEO_EXTS and p.is_file())
-            except OSError as e:
-                raise EmoError(f"cannot list folder {shown(arg)}: {e.strerror}") from None
-            if not found:
-                raise EmoError(f"folder {shown(arg)} holds no videos ({', '.join(sorted(VIDEO_EXTS))})")
-        else:
-            found = [check_file(arg, "video")]
-            if found[0].suffix.lower() in IMAGE_EXTS:
-                raise EmoError(f"{shown(arg)} is an image; analyze takes videos (emo-edge infer reads images)")
-        for p in found:
-            key = os.path.realpath(p)
-            if key not in seen:
-                seen.add(key)
-                videos.append(p)
-    if not videos:
-        raise EmoError("no videos given")
-    return videos
-
-
-def plan(videos: Sequence[Path], out: Path, count_frames: bool = True) -> list[Job]:
-    """One output folder per video, named after the file without its extension; names that
-    repeat in one batch get -2, -3, ... in input order. ``count_frames`` asks each container
-    for its length up front (for the overall progress bar)."""
-    jobs, used = [], set()
-    for v in videos:
-        name, n = v.stem or v.name, 2
-        while name.lower() in used:
-            name, n = f"{v.stem}-{n}", n + 1
-        used.add(name.lower())
-        jobs.append(Job(v, out / name, _frame_count(v) if count_frames else 0))
-    return jobs
-
-
-def _frame_count(path: Path) -> int:
-    from .files import opencv_name
-
-    with opencv_name(path) as name:
-        cap = cv2.VideoCapture(name)
-        try:
-            return int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0) if cap.isOpened() else 0
-        finally:
-            cap.release()
 
 
 def exit_status(results: Sequence[VideoResult], stop: Optional[StopFlag] = None) -> int:
@@ -114,57 +55,13 @@ def analyze_batch(inputs: Sequence[str], out, options: Optional[AnalyzeOptions] 
                     if stop.reason:
                         break
                     show.started(i)
-                    results[i] = _run_job(job, o, params, force, stop, lambda d, t, i=i: show.advance(i, d, t))
+                    results[i] = run_job(job, o, params, force, stop, lambda d, t, i=i: show.advance(i, d, t))
                     show.finished(i, results[i])
             else:
                 _run_pool(jobs, o, params, force, workers, stop, show, results)
     finally:
         stop.restore()
     return _report(jobs, results, out, stop)
-
-
-def _run_job(job: Job, o: AnalyzeOptions, params: dict, force: bool, stop: StopFlag, progress) -> VideoResult:
-    """analyze_video, with every failure turned into a failed result (the batch goes on)."""
-    t0 = time.monotonic()
-    try:
-        return analyze_video(job.video, job.out, o, force, stop, progress, params)
-    except EmoError as e:
-        msg = str(e)
-    except MemoryError:
-        msg = "out of memory"
-    except Exception as e:  # noqa: BLE001 - one bad video must not end the batch; the type is named
-        msg = f"unexpected {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
-    return VideoResult(shown(job.video), shown(job.out), "failed", msg, seconds=time.monotonic() - t0)
-
-
-# Worker processes ignore SIGINT and SIGTERM (a Ctrl-C, or a service manager's stop, reaches the
-# whole process group) and stop when the parent sets the shared event, so a batch always stops
-# the same way, from one place.
-_worker_state: dict = {}
-
-
-def _init_worker(queue, cancel) -> None:
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    cv2.setNumThreads(1)  # one worker per core: OpenCV's own threads would only compete
-    _worker_state.update(queue=queue, cancel=cancel)
-
-
-def _worker(i: int, job: Job, o: AnalyzeOptions, params: dict, force: bool) -> VideoResult:
-    queue, cancel = _worker_state["queue"], _worker_state["cancel"]
-    stop = StopFlag()
-
-    def progress(done: int, total: int) -> None:  # called a few times a second from the frame loop
-        if cancel.is_set():
-            stop.set("stop")  # the parent names the signal in its report
-        queue.put((i, done, total))
-
-    queue.put((i, -1, job.frames))
-    if cancel.is_set():
-        return VideoResult(shown(job.video), shown(job.out), "stopped", "not started")
-    return _run_job(job, o, params, force, stop, progress)
 
 
 def _run_pool(jobs: list[Job], o: AnalyzeOptions, params: dict, force: bool, workers: int, stop: StopFlag,
@@ -176,8 +73,8 @@ def _run_pool(jobs: list[Job], o: AnalyzeOptions, params: dict, force: bool, wor
 
     ctx = mp.get_context("spawn")  # a fresh interpreter: no onnxruntime or OpenCV threads inherited
     q, cancel = ctx.Queue(), ctx.Event()
-    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=ctx, initializer=_init_worker, initargs=(q, cancel)) as pool:
-        futures = {pool.submit(_worker, i, job, o, params, force): i for i, job in enumerate(jobs)}
+    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=ctx, initializer=init_worker, initargs=(q, cancel)) as pool:
+        futures = {pool.submit(run_in_worker, i, job, o, params, force): i for i, job in enumerate(jobs)}
         while futures:
             if stop.reason and not cancel.is_set():
                 cancel.set()
