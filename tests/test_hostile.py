@@ -525,3 +525,25 @@ def test_classifier_checks_its_batch():
     with pytest.raises(TypeError, match="uint8"):
         clf.predict_crops(np.zeros((2, 48, 48), np.float32))
     assert clf.predict(np.zeros((0, 1, 48, 48), np.float32)).shape == (0, 7)
+
+
+# --- round 3: analyze under hostile names and models ----------------------------------------------------
+
+def _model_without_emo_metadata(dst: Path) -> Path:
+    onnx = _onnx()
+    m = onnx.load(str(DEFAULT_MODEL))
+    del m.metadata_props[:]
+    onnx.save(m, str(dst))
+    return dst
+
+
+@pytest.mark.parametrize("model", ["not-onnx", "no-emo-metadata", "missing", "unknown-name"])
+def test_analyze_refuses_a_bad_model_before_any_work(tmp_path, clip, model):
+    path = {"not-onnx": tmp_path / "model.onnx", "missing": tmp_path / "nowhere.onnx", "unknown-name": "huge"}.get(model)
+    if model == "not-onnx":
+        path.write_bytes(b"this is not a model\n")
+    elif model == "no-emo-metadata":
+        path = _model_without_emo_metadata(tmp_path / "plain.onnx")
+    r = cli("analyze", clip, "--out", tmp_path / "out", "--model", path, "--workers", "2", "--no-progress")
+    user_error(r, Path(path).name)
+    assert not (tmp_path / "out").exists(), "nothing is done for a model that cannot be used"

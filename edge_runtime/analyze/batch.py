@@ -41,6 +41,7 @@ def analyze_batch(inputs: Sequence[str], out, options: Optional[AnalyzeOptions] 
     if workers > (os.cpu_count() or 1):
         print(f"emo-edge: warning: --workers {workers} is more than the {os.cpu_count()} CPU cores here; "
               "they will share them, which is no faster", file=sys.stderr)
+    o.check_model()
     out = check_writable_dir(out, "--out")
     bars = sys.stderr.isatty() if progress is None else progress
     jobs = plan(find_videos(inputs), out, count_frames=bars)

@@ -72,6 +72,11 @@ class AnalyzeOptions(RecognizerOptions):
                 raise EmoError('--parquet needs pyarrow, which is not installed: pip install "emo[parquet]" '
                                "(or leave --parquet off: frames.csv holds the same table)") from None
 
+    def check_model(self) -> None:
+        """Load the model and the face detector once, so that a bad ``--model`` or ``--detector-model``
+        (missing, not ONNX, without emo metadata, an unknown name) is refused before any work."""
+        self.recognizer()
+
     def parameters(self) -> dict:
         """The options that decide the outputs, with the model files by content and the detector
         that ``auto`` stands for here: the resume key."""
