@@ -547,3 +547,44 @@ def test_analyze_refuses_a_bad_model_before_any_work(tmp_path, clip, model):
     r = cli("analyze", clip, "--out", tmp_path / "out", "--model", path, "--workers", "2", "--no-progress")
     user_error(r, Path(path).name)
     assert not (tmp_path / "out").exists(), "nothing is done for a model that cannot be used"
+
+
+_NAME_PIECES = st.sampled_from(["..", ".", "/", "\\", "~", "C:", " ", ".emo-raw-1", "frames.csv", "summary.json", "timeline.png",
+                                "CON", "nul.txt", BAD, "e\u0301", "\u00e9", "\u00c9", "\u540d\u524d", "\n", "*", "x" * 120, ".mp4", ".avi"])
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@given(names=st.lists(st.lists(_NAME_PIECES | st.text(st.characters(blacklist_characters="\x00"), max_size=12), max_size=8).map("".join),
+                      min_size=1, max_size=6))
+def test_analyze_output_folders_stay_inside_out_whatever_the_names(tmp_path_factory, names):
+    from emo.edge_runtime.analyze.jobs import NAME_BYTES, plan
+
+    tmp = tmp_path_factory.mktemp("names")
+    out, outside = tmp / "out", tmp / "outside"
+    out.mkdir(), outside.mkdir()
+    (out / "escape").symlink_to(outside)  # a link in --out is never written through
+    (out / "video").write_text("a file, not a folder")
+    jobs = plan([Path(n) for n in names + ["escape.avi"]], out, count_frames=False)
+    folders = [j.out.name for j in jobs]
+    assert len({f.casefold() for f in folders}) == len(jobs), folders
+    for j in jobs:
+        assert j.out.parent == out and os.path.realpath(j.out) == os.path.join(os.path.realpath(out), j.out.name), j.out
+        assert not j.out.name.startswith(".") and len(j.out.name.encode("utf-8")) <= NAME_BYTES + 4
+        assert not j.out.exists() or (j.out.is_dir() and not j.out.is_symlink())
+
+
+def test_analyze_writes_only_inside_out_for_hostile_names(tmp_path):
+    video = make_video(tmp_path / "v.avi", [np.full((48, 64, 3), 90, np.uint8)] * 3)
+    inputs, out, outside = tmp_path / "in", tmp_path / "deep" / "out", tmp_path / "outside"
+    inputs.mkdir(), outside.mkdir(), out.mkdir(parents=True)
+    (out / "escape").symlink_to(outside)
+    names = ["...avi", "..avi", ".avi", ".hidden.avi", "frames.csv.avi", "summary.json.avi", "a b.avi", "A B.mp4",
+             "e\u0301.avi", "\u00e9.avi", "x" * 250 + ".avi", "C:\\evil.avi", f"{BAD}.avi", "escape.avi", "CON.avi"]
+    for n in names:
+        shutil.copy(video, inputs / n)
+    before = sorted(p for p in tmp_path.rglob("*") if out not in p.parents)
+    r = cli("analyze", *[inputs / n for n in names], "--out", out, "--no-progress", "--detector", "haar")
+    assert r.returncode == 0 and f"{len(names)} analysed" in r.stderr, r.stderr[-2000:]
+    assert sorted(p for p in tmp_path.rglob("*") if out not in p.parents) == before, "nothing written outside --out"
+    done = [p for p in out.iterdir() if (p / "summary.json").is_file()]
+    assert len(done) == len(names) and not [p for p in done if p.name.startswith(".")] and not list(outside.iterdir())

@@ -3,7 +3,9 @@ and run one (:func:`run_job`: every failure becomes a failed result, so the batc
 from __future__ import annotations
 
 import os
+import stat
 import time
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -13,7 +15,12 @@ import cv2
 from ..errors import EmoError
 from ..files import IMAGE_EXTS, VIDEO_EXTS, check_file, is_dir, shown
 from ..stopping import StopFlag
-from .video import AnalyzeOptions, VideoResult, analyze_video
+from .video import OUTPUTS, SUMMARY, AnalyzeOptions, VideoResult, analyze_video
+
+NAME_BYTES = 120  # longest output folder name (UTF-8), leaving room for -N within any file system's 255
+_KEPT = frozenset("-_.+,()[] ")
+_DEVICES = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)), *(f"lpt{i}" for i in range(10))}  # Windows
+_OUTPUT_NAMES = {n.lower() for n in (*OUTPUTS, SUMMARY, "frames.parquet")}
 
 
 @dataclass
@@ -49,17 +56,44 @@ def find_videos(inputs: Sequence[str]) -> list[Path]:
 
 
 def plan(videos: Sequence[Path], out: Path, count_frames: bool = True) -> list[Job]:
-    """One output folder per video, named after the file without its extension; names that
-    repeat in one batch get -2, -3, ... in input order. ``count_frames`` asks each container
+    """One output folder per video, inside ``out`` whatever the video is called: named by
+    :func:`folder_name`; a name that repeats in one batch (ignoring case), or whose path in ``out``
+    is a link or a file, gets -2, -3, ... in input order. ``count_frames`` asks each container
     for its length up front (for the overall progress bar)."""
+    root = os.path.realpath(out)
     jobs, used = [], set()
     for v in videos:
-        name, n = v.stem or v.name, 2
-        while name.lower() in used:
-            name, n = f"{v.stem}-{n}", n + 1
-        used.add(name.lower())
+        base = name = folder_name(v)
+        n = 2
+        while name.casefold() in used or _taken(out / name):
+            name, n = f"{base}-{n}", n + 1
+        used.add(name.casefold())
+        if os.path.dirname(os.path.realpath(out / name)) != root:  # the names above cannot; a last guard
+            raise EmoError(f"the output folder for {shown(v)} would be outside --out {shown(out)}; rename the video")
         jobs.append(Job(v, out / name, _frame_count(v) if count_frames else 0))
     return jobs
+
+
+def folder_name(video: Path) -> str:
+    """The name of ``video``'s output folder: the file's name without its extension, with every
+    character but letters, digits and ``-_.+,()[]`` and spaces (so every path separator, control
+    character and byte that is not UTF-8) made ``_``, leading dots made ``_``, at most
+    :data:`NAME_BYTES` bytes, and ``_`` before a name Windows or analyze itself reserves."""
+    stem = video.stem if video.suffix else video.name
+    name = "".join(c if c.isalnum() or c in _KEPT else "_" for c in unicodedata.normalize("NFC", stem))
+    name = name.encode("utf-8")[:NAME_BYTES].decode("utf-8", "ignore").strip(" ").rstrip(".")
+    name = "_" * (len(name) - len(name.lstrip("."))) + name.lstrip(".")
+    if name.split(".")[0].rstrip(" ").lower() in _DEVICES or name.lower() in _OUTPUT_NAMES:
+        name = "_" + name
+    return name or "video"
+
+
+def _taken(path: Path) -> bool:
+    """Whether ``path`` is there as something other than a folder (a link, a file), so not ours to write into."""
+    try:
+        return not stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _frame_count(path: Path) -> int:
