@@ -37,13 +37,16 @@ def export(
     seed: int = typer.Option(D.seed, help="Seed for sampling calibration and validation faces."),
     crop_margin: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="Crop margin per side the runtime adds to face boxes (default: the checkpoint's)."),
     equalize: bool = typer.Option(D.equalize, "--equalize/--no-equalize", help="Equalise depthwise-separable activation ranges on the calibration faces before int8 (same function, less int8 error)."),
+    temperature: Optional[float] = typer.Option(None, min=0.05, max=20.0, help="Softmax temperature stored in the model (default: fitted on the verification faces so confidence matches accuracy; 1 keeps the raw logits)."),
+    robustness: bool = typer.Option(D.robustness, "--robustness/--no-robustness", help="Also report int8 accuracy under the ten degraded conditions of `emo-edge evaluate --degrade all`."),
 ) -> None:
     """Write NAME.onnx, NAME.int8.onnx and export-report.json; exit 1 if a verification gate fails."""
     from .exporter import export as do_export, format_report
 
     opts = ExportOptions(out_dir=out_dir, name=name, calib_data=calib_data, calib_size=calib_size, calib_method=calib_method,
                          per_channel=per_channel, val_data=val_data, val_size=val_size, opset=opset, ort_format=ort_format,
-                         seed=seed, crop_margin=crop_margin, equalize=equalize, gates=Gates(max_abs_diff, min_agreement, max_acc_drop))
+                         seed=seed, crop_margin=crop_margin, equalize=equalize, temperature=temperature,
+                         robustness=robustness, gates=Gates(max_abs_diff, min_agreement, max_acc_drop))
     report = do_export(checkpoint, opts, log=lambda s: print(s, file=sys.stderr, flush=True))
     print(format_report(report))
     print(f"report: {report['report_path']}")

@@ -30,9 +30,11 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from emo.edge_runtime import __version__
 from emo.edge_runtime.classifier import Classifier, load_session, session_options
 from emo.edge_runtime.dataset import Split, load_split, locate_split, split_key
+from emo.edge_runtime.degrade import CONDITIONS, degrade_images, summarize
 from emo.edge_runtime.errors import EmoError
 from emo.edge_runtime.files import atomic_write_text
 from emo.edge_runtime.metadata import ModelMetadata
+from emo.edge_runtime.metrics import expected_calibration_error, fit_temperature
 from emo.edge_runtime.preprocess import InputSpec, normalize
 from emo.train.checkpoint import file_sha256, load_checkpoint, model_from_checkpoint
 from emo.train.models import count_macs, count_params
@@ -156,6 +158,13 @@ def verify(job: ExportJob, fp32: Path, int8_candidates: dict[str, Path], log: Ca
     res["calibration"] = {"method": method, "faces": int(len(job.calib.labels)), "data": job.calib.report.source,
                           "per_channel": job.opts.per_channel, "equalize": job.opts.equalize}
     res["verification_data"] = job.val.report.source
+    res["confidence"] = calibrate_confidence(outs[method], labels, job.opts.temperature)
+    log(f"confidence: temperature {res['confidence']['temperature']:.3f}, ECE (15 bins) "
+        f"{res['confidence']['ece_before']:.4f} -> {res['confidence']['ece_after']:.4f}")
+    if job.opts.robustness:
+        res["robustness_int8"] = robustness(int8_candidates[method], job.val, job.spec)
+        log(f"int8 under the ten degraded conditions: mean {res['robustness_int8']['mean'] * 100:.2f}%, "
+            f"worst {res['robustness_int8']['worst'] * 100:.2f}% ({res['robustness_int8']['worst_condition']})")
     lat = latency_pair({"fp32": fp32, "int8": int8_candidates[method]}, job.spec)
     res["latency_ms_1thread"] = {**lat, "int8_over_fp32": lat["int8"] / lat["fp32"]}
     return res
@@ -167,13 +176,17 @@ def publish(job: ExportJob, fp32: Path, int8: Path, results: dict) -> dict:
     sha = file_sha256(job.checkpoint)
     metrics = {"val_accuracy_fp32": round(results["accuracy_fp32"], 4), "val_accuracy_int8": round(results["accuracy_int8"], 4),
                "val_n": results["n"], "val_data": results["verification_data"],
+               "val_ece_int8": results["confidence"]["ece_after"],
                "train_best": (job.ck.get("metrics") or {}).get("best", {})}
+    if "robustness_int8" in results:
+        r = results["robustness_int8"]
+        metrics.update(val_degraded_mean_int8=r["mean"], val_degraded_worst_int8=r["worst"])
     # an ensemble's own checkpoint is rebuilt from its members (emo-train ensemble), so name them
     members = {"members": json.dumps(job.ck["ensemble"])} if job.ck.get("ensemble") else {}
     for path, precision in ((fp32, "fp32"), (int8, "int8")):
         stamp_metadata(path, ModelMetadata(
             arch=job.ck["arch"], precision=precision, input=job.spec, labels=tuple(job.ck.get("labels") or ()) or ModelMetadata.labels,
-            output="logits", metrics=metrics, checkpoint_sha256=sha, emo_version=__version__,
+            output="logits", temperature=results["confidence"]["temperature"], metrics=metrics, checkpoint_sha256=sha, emo_version=__version__,
             extra={"arch_args": json.dumps(job.ck["arch_args"]), "opset": job.opts.opset, "calibration": results["calibration"]["method"],
                    "params": count_params(job.model), "macs": count_macs(job.model, job.spec.size), **members}))
         Classifier(path)  # the edge runtime's own checks: metadata, input shape, dynamic batch
@@ -193,6 +206,29 @@ def publish(job: ExportJob, fp32: Path, int8: Path, results: dict) -> dict:
 
 
 # ---------------------------------------------------------------- the pieces
+def calibrate_confidence(logits: np.ndarray, labels: np.ndarray, temperature: Optional[float]) -> dict:
+    """The temperature the runtime divides the logits by (``temperature``, or fitted on these
+    labelled faces), with the expected calibration error before (T = 1) and after."""
+    t = fit_temperature(logits, labels) if temperature is None else float(temperature)
+    return {"temperature": round(t, 4), "fitted": temperature is None,
+            "ece_before": round(expected_calibration_error(_softmax(logits), labels), 4),
+            "ece_after": round(expected_calibration_error(_softmax(logits / t), labels), 4)}
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = np.asarray(z, np.float64)
+    e = np.exp(z - z.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+def robustness(int8: Path, val: Split, spec: InputSpec) -> dict:
+    """int8 accuracy on the verification faces under each of the benchmark's ten conditions."""
+    acc = {name: float((run_onnx(int8, normalize(degrade_images(val.images, name), spec)).argmax(1) == val.labels).mean())
+           for name in CONDITIONS}
+    return {"accuracy": {k: round(v, 4) for k, v in acc.items()}, **{k: (round(v, 4) if isinstance(v, float) else v)
+                                                                    for k, v in summarize(acc, CONDITIONS).items()}}
+
+
 def resolve_data(explicit: Optional[str], ck: dict, what: str, flag: str) -> str:
     if explicit:
         return explicit
@@ -335,6 +371,12 @@ def format_report(r: dict) -> str:
     ]
     lines = ["".join(f"{c:<28}" if i == 0 else f"{c:>14}" for i, c in enumerate(row)) for row in rows]
     lines.append(f"int8/fp32 latency ratio {lat['int8_over_fp32']:.2f}; calibration {r['calibration']['method']} on {r['calibration']['faces']} faces")
+    c = r["confidence"]
+    lines.append(f"confidence: temperature {c['temperature']:g} ({'fitted on the verification faces' if c['fitted'] else 'given'}); "
+                 f"ECE (15 bins) {c['ece_before']:.4f} -> {c['ece_after']:.4f}")
+    if "robustness_int8" in r:
+        rb = r["robustness_int8"]
+        lines.append(f"int8 under degraded faces: mean {rb['mean'] * 100:.2f}%, worst {rb['worst'] * 100:.2f}% ({rb['worst_condition']})")
     for gname, g in r["gates"].items():
         lines.append(f"gate {gname:<24} {'PASS' if g['passed'] else 'FAIL'}  value {g['value']:.6g}  threshold {g['threshold']:.6g}")
     return "\n".join(lines)

@@ -45,6 +45,22 @@ def test_metadata_round_trips_into_edge_runtime(seed_run):
     assert out.shape == (5, 7) and np.allclose(out.sum(1), 1, atol=1e-5)
 
 
+def test_export_fits_a_temperature_and_scores_degraded_faces(seed_run, synthetic_fer):
+    rep = json.loads((seed_run / "export-report.json").read_text())
+    c = rep["confidence"]
+    assert c["fitted"] and 0.05 <= c["temperature"] <= 20 and c["ece_after"] <= c["ece_before"] + 1e-4
+    rb = rep["robustness_int8"]
+    assert set(rb["accuracy"]) == {"dark", "bright", "blur", "motion", "jpeg", "face24", "face16", "noise", "rot+15", "rot-15"}
+    assert rb["worst"] == min(rb["accuracy"].values()) and rb["worst"] <= rb["mean"] <= max(rb["accuracy"].values())
+    clf = Classifier(seed_run / "model.int8.onnx")
+    assert clf.meta.temperature == c["temperature"]
+    assert clf.meta.metrics["val_ece_int8"] == c["ece_after"] and clf.meta.metrics["val_degraded_mean_int8"] == rb["mean"]
+    # the runtime's confidence is the calibrated one: the ECE emo-edge evaluate reports is the export's
+    r = run_cli("emo-edge", "evaluate", synthetic_fer, "--model", seed_run / "model.int8.onnx", "--json", seed_run.parent / "ev.json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((seed_run.parent / "ev.json").read_text())["ece"] == pytest.approx(c["ece_after"], abs=2e-3)
+
+
 def test_fp32_onnx_matches_pytorch_and_int8_agrees(seed_run, fer_root):
     """The foundation's end-to-end contract on 500 real validation images (for a model trained on
     drawn faces: what matters here is that the three agree, not that they are right)."""
