@@ -203,6 +203,83 @@ def test_sigint_mid_batch_then_rerun_resumes(batch, tmp_path, workers):
         check_tracks_match_rows(out / name)
 
 
+def descendants(pid: int) -> set[int]:
+    """Every process below ``pid`` (children, their children, ...), from /proc."""
+    parent = {}
+    for d in Path("/proc").iterdir():
+        try:
+            parent[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (ValueError, OSError, IndexError):
+            pass
+    found, todo = set(), [pid]
+    while todo:
+        up = todo.pop()
+        kids = {p for p, pp in parent.items() if pp == up}
+        todo += kids - found
+        found |= kids
+    return found
+
+
+def running(pids: set[int]) -> set[int]:
+    """The processes of ``pids`` that still run (a zombie has ended: only its parent's wait is missing)."""
+    alive = set()
+    for pid in pids:
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                alive.add(pid)
+        except OSError:
+            pass
+    return alive
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the worker processes through /proc (Linux)")
+def test_sigkill_of_analyze_ends_its_workers(batch, tmp_path):
+    out = tmp_path / "out"
+    p = subprocess.Popen([bin_path("emo-edge"), "analyze", str(batch), "--out", str(out), "--workers", "2", "--no-progress"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers: set[int] = set()
+    try:
+        deadline = time.monotonic() + 60
+        while not list(out.rglob(".emo-raw-*")) and time.monotonic() < deadline:  # a worker is mid-video
+            time.sleep(0.05)
+        workers = descendants(p.pid)
+        assert len(workers) >= 2 and p.poll() is None, "analyze runs with its worker processes"
+        p.kill()
+        p.wait(timeout=10)
+        deadline = time.monotonic() + 5
+        while running(workers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not running(workers), "every worker ended within 5 s of its parent's SIGKILL"
+    finally:
+        for pid in running(workers):  # only what this test started
+            os.kill(pid, signal.SIGKILL)
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the processes through /proc (Linux)")
+def test_the_parent_watch_alone_ends_an_orphaned_worker():
+    """The portable fallback on its own (as where prctl is missing): a worker's watcher thread
+    notices that its parent was killed and ends the worker."""
+    child = ("import os, sys, time; from emo.edge_runtime.analyze import workers; workers._ask_kernel = lambda: None; "
+             "workers.PARENT_POLL = 0.05; workers.die_with_parent(os.getppid()); print(os.getpid(), flush=True); time.sleep(60)")
+    parent = f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {child!r}]); time.sleep(60)"
+    p = subprocess.Popen([sys.executable, "-c", parent], stdout=subprocess.PIPE, text=True)
+    worker = {int(p.stdout.readline())}
+    try:
+        p.kill()
+        p.wait(timeout=10)
+        deadline = time.monotonic() + 5
+        while running(worker) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not running(worker), "the orphaned worker ended by itself"
+    finally:
+        for pid in running(worker):
+            os.kill(pid, signal.SIGKILL)
+        p.stdout.close()
+
+
 def test_python_api_and_stop(astro, tmp_path):
     res = analyze_video(astro, tmp_path / "api", AnalyzeOptions(stride=2))
     assert res.status == "done" and res.frames == 15 and res.tracks == 1 and res.video_seconds == 3.0

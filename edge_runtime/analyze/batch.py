@@ -74,7 +74,7 @@ def _run_pool(jobs: list[Job], o: AnalyzeOptions, params: dict, force: bool, wor
 
     ctx = mp.get_context("spawn")  # a fresh interpreter: no onnxruntime or OpenCV threads inherited
     q, cancel = ctx.Queue(), ctx.Event()
-    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=ctx, initializer=init_worker, initargs=(q, cancel)) as pool:
+    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=ctx, initializer=init_worker, initargs=(q, cancel, os.getpid())) as pool:
         futures = {pool.submit(run_in_worker, i, job, o, params, force): i for i, job in enumerate(jobs)}
         while futures:
             if stop.reason and not cancel.is_set():
