@@ -142,3 +142,20 @@ def test_ensemble_subsets_scores_checkpoints(seed_run, synthetic_fer, tmp_path):
     bad = subprocess.run([sys.executable, str(REPO / "benchmarks" / "ensemble_subsets.py"), f"A={seed_run / 'model.pt'}", "B=nope.pt",
                           "--data", synthetic_fer], capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "checkpoint nope.pt not found" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_robustness_table_and_face_height_chart(tmp_path, synthetic_fer):
+    out = tmp_path / "rb.json"
+    run("robustness.py", "tiny", "--data", synthetic_fer, "--out", out)
+    d = json.loads(out.read_text())
+    check_device(d["device"])
+    row = d["rows"][0]
+    assert d["n"] == 7 * 20 and row["label"] == "tiny"
+    for key in ("plain", "tta"):
+        acc = row[key]["accuracy"]
+        assert set(acc) == {"clean", *d["conditions"]} and len(d["conditions"]) == 10
+        assert row[key]["worst"] == min(v for k, v in acc.items() if k != "clean")
+        assert row[key]["per_face_ms"] > 0
+    assert set(row["heights"]) == {f"face{h}" for h in d["heights"]} and row["heights"]["face48"] == row["plain"]["accuracy"]["clean"]
+    md = out.with_suffix(".md").read_text()
+    assert "| tiny --tta |" in md and "12 px" in md and out.with_suffix(".png").is_file()
