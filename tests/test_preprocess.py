@@ -2,6 +2,7 @@ import cv2
 import numpy as np
 import pytest
 
+from emo.edge_runtime.degrade import face_height
 from emo.edge_runtime.preprocess import DEFAULT_MARGIN, InputSpec, crop_face, faces_to_tensor, normalize, square_box, to_gray
 
 
@@ -54,3 +55,15 @@ def test_default_margin_matches_fer_framing(fer_root):
     assert len(ratios) > 50
     measured = (np.median(ratios) - 1) / 2
     assert abs(measured - DEFAULT_MARGIN) < 0.05, f"FER framing margin {measured:.3f} vs default {DEFAULT_MARGIN}"
+
+
+def test_a_small_face_in_a_frame_is_cropped_as_training_degrades_it():
+    """A face N px high in the camera frame reaches the model exactly as the trainer's distance
+    degradation (and the benchmark's faceN) shows it: INTER_AREA down to N, INTER_LINEAR back up."""
+    rng = np.random.default_rng(1)
+    face = cv2.GaussianBlur(rng.integers(0, 256, (48, 48), dtype=np.uint8), (0, 0), 2)
+    for px in (12, 16, 24, 36):
+        frame = np.full((240, 320), 90, np.uint8)
+        frame[100 : 100 + px, 150 : 150 + px] = cv2.resize(face, (px, px), interpolation=cv2.INTER_AREA)
+        got = crop_face(frame, (150, 100, px, px), InputSpec())
+        assert np.array_equal(got, face_height(face, px)), px
