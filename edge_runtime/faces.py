@@ -129,6 +129,15 @@ def auto_choice(model: str | os.PathLike | None = None) -> tuple[str, str | os.P
     return ("yunet", model) if model else ("haar", None)
 
 
+def haar_fallback_line() -> str:
+    """What infer and serve say when ``--detector auto`` runs Haar because YuNet is not in the cache
+    (a service whose user cannot see the cache that `emo-edge fetch` filled, say)."""
+    from .assets import asset, cache_dir, fetch_command
+
+    return (f"detector: haar, since YuNet ({asset('yunet').file}) is not in the cache {shown(cache_dir())}; "
+            f"YuNet finds far more faces: run `{fetch_command('yunet')}`")
+
+
 MIN_DETECT_SIZE = 32  # pixels: below this no detector finds a face
 
 

@@ -1,6 +1,7 @@
 """`--mqtt URL`: results to an MQTT broker, with Home Assistant discovery (optional extra `emo[mqtt]`).
 
-Topics under the prefix (the URL's path, or ``emo/<hostname>``):
+Topics under the prefix (the URL's path, or ``emo/<hostname>``; one that would give a topic a broker
+drops, such as a wildcard, is refused at start: see :mod:`.topics`):
 
 - ``<prefix>/availability``: ``online``, retained; the last will sets ``offline`` when emo dies.
 - ``<prefix>/state``: JSON, when the face count or the top emotion changes and while faces are in
@@ -21,19 +22,16 @@ from __future__ import annotations
 import json
 import os
 import queue
-import re
-import socket
 import sys
 import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Optional
-from urllib.parse import unquote, urlsplit
 
 from .errors import EmoError
+from .topics import PASSWORD_ENV, BrokerAddress, check_topic, node_id, parse_url  # noqa: F401 (the API)
 
-PASSWORD_ENV = "EMO_MQTT_PASSWORD"
 LEAVE_AFTER = 1.0  # seconds (of the source's time) a track must be gone before its "leave" event
 HEARTBEAT = 60.0  # seconds between state messages when nothing changes
 QUEUE_SIZE = 1000
@@ -45,38 +43,6 @@ class MqttOptions:
     url: str
     interval: float = 1.0
     ha_discovery: bool = True
-
-
-@dataclass
-class BrokerAddress:
-    host: str
-    port: int
-    tls: bool
-    user: Optional[str]
-    password: Optional[str]
-    prefix: str
-
-
-def parse_url(url: str) -> BrokerAddress:
-    """``mqtt://[user[:password]@]host[:port][/prefix]`` or ``mqtts://...`` (TLS); the password is
-    better given in EMO_MQTT_PASSWORD than in the URL."""
-    u = urlsplit(url)
-    if u.scheme not in ("mqtt", "mqtts") or not u.hostname or u.fragment or u.query:
-        raise EmoError(f"--mqtt {url}: give mqtt://[user@]host[:port][/prefix] or mqtts://... for TLS")
-    try:
-        port = u.port or (8883 if u.scheme == "mqtts" else 1883)
-    except ValueError:
-        raise EmoError(f"--mqtt {url}: the port is not a number in 1..65535") from None
-    prefix = unquote(u.path).strip("/") or f"emo/{node_id()}"
-    if any(c in prefix for c in "#+") or "//" in prefix:
-        raise EmoError(f"--mqtt {url}: the topic prefix '{prefix}' may not hold '#', '+' or empty levels")
-    password = os.environ.get(PASSWORD_ENV) or (unquote(u.password) if u.password else None)
-    return BrokerAddress(u.hostname, port, u.scheme == "mqtts", unquote(u.username) if u.username else None, password, prefix)
-
-
-def node_id() -> str:
-    """This device's name in topics and Home Assistant ids: the hostname, stable across restarts."""
-    return re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname()) or "emo"
 
 
 def _now_iso() -> str:
@@ -112,6 +78,8 @@ class MqttSink:
         self.addr = parse_url(opts.url)
         self.node = node_id()
         self.topic = lambda leaf: f"{self.addr.prefix}/{leaf}"  # noqa: E731
+        for topic in self.discovery() if opts.ha_discovery else ():  # parse_url checked the prefix's own
+            check_topic(topic, f"--mqtt: Home Assistant discovery for {self.node}", "use --no-ha-discovery")
         self.published = 0
         self.dropped = {"broker_away": 0, "queue_full": 0}
         self.produced = 0

@@ -78,6 +78,9 @@ def run_job(o: JobOptions, extra_sinks: Optional[Callable[[object, Recognizer, S
 
     if o.output not in FORMATS:
         raise EmoError(f"--format must be one of {', '.join(FORMATS)}, not '{o.output}'")
+    if o.mqtt:  # a bad broker URL or topic is refused before anything starts
+        from .topics import parse_url
+        parse_url(o.mqtt)
     rec = o.recognizer()
     stop = StopFlag().install()
     saver = None
@@ -101,6 +104,9 @@ def run_job(o: JobOptions, extra_sinks: Optional[Callable[[object, Recognizer, S
             for s in (*sinks, src):
                 s.close()
             raise
+        endless = hold_at_end or getattr(src, "live", False)
+        if endless:  # a run that may go on for ever says it now; one over files when it is done
+            _say_haar_fallback(o, rec)
         summary = run(src, src.label, rec, sinks, o.max_frames, o.duration, stop, hold_at_end)
     except EmoError as e:
         if not stop.reason:
@@ -109,7 +115,17 @@ def run_job(o: JobOptions, extra_sinks: Optional[Callable[[object, Recognizer, S
         return stop.exit_code
     finally:
         stop.restore()
+    if not endless:
+        _say_haar_fallback(o, rec)
     return _report(summary, saver, o.save, stop)
+
+
+def _say_haar_fallback(o: JobOptions, rec: Recognizer) -> None:
+    """--detector auto without YuNet in the cache runs Haar: one line says so, where it looked and what to
+    run (a service whose user cannot see the cache `emo-edge fetch` filled would otherwise run Haar quietly)."""
+    if o.detector == "auto" and rec.face_detector.name == "haar":
+        from .faces import haar_fallback_line
+        print(f"emo-edge: {haar_fallback_line()}", file=sys.stderr)
 
 
 def _mqtt_sink(o: JobOptions, rec: Recognizer):
