@@ -165,8 +165,8 @@ def _declared_length(r, cap: int) -> Optional[int]:
 def _signals_raise(deadline: float) -> Iterator[None]:
     """While downloading: SIGTERM, SIGINT and SIGHUP raise Stopped, and an alarm at ``deadline``
     seconds raises _TooSlow even inside a blocked read. Signals work in the main thread only;
-    elsewhere only the deadline checks between reads apply."""
-    if threading.current_thread() is not threading.main_thread():
+    elsewhere (and where there is no setitimer) only the deadline checks between reads apply."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
         yield
         return
     fired: list = []
