@@ -2,7 +2,7 @@
 
 Steps per frame: detect faces (every ``detect_every`` frames; between detections the tracked
 boxes are reused), crop and normalise all faces, classify them as one batch, then match them to
-tracks and smooth their scores.
+tracks (by place, size and look) and smooth their scores.
 
 Input contract of ``process``: a numpy ``uint8`` image, ``(H, W, 3)`` BGR as OpenCV reads it,
 ``(H, W, 4)`` BGRA or ``(H, W)`` / ``(H, W, 1)`` gray, at least 1x1. Anything else raises
@@ -18,9 +18,11 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 
+from .appearance import look
 from .classifier import Classifier
 from .faces import make_detector
 from .preprocess import faces_to_tensor, to_gray
@@ -33,6 +35,7 @@ class Face:
     track: int
     emotion: str  # top emotion
     scores: dict[str, float]  # percent per emotion, summing to 100
+    look: Optional[np.ndarray] = field(default=None, repr=False, compare=False)  # its track's appearance.look
 
     @property
     def confidence(self) -> float:
@@ -90,20 +93,21 @@ class Recognizer:
             det = self.face_detector
             found = det.detect_faces(gray if det.wants_gray else frame)
             boxes, angles = [d.box for d in found], [d.angle if self.align else 0.0 for d in found]
+            looks = [look(frame, b) for b in boxes]
         else:
-            boxes, angles = self.tracker.live_boxes(), self.tracker.live_angles()
+            boxes, angles, looks = self.tracker.live_boxes(), self.tracker.live_angles(), None
         self._n += 1
         t1 = time.perf_counter()
         x = faces_to_tensor(gray, boxes, self.classifier.spec, angles)
         t2 = time.perf_counter()
         probs = self.classifier.predict(x)
         t3 = time.perf_counter()
-        tracks = self.tracker.update(boxes, probs, angles)
+        tracks = self.tracker.update(boxes, probs, angles, looks)
         faces = []
         for box, tr in zip(boxes, tracks):
             p = tr.scores
             pct = {name: round(float(v) * 100, 2) for name, v in zip(self.labels, p)}
-            faces.append(Face(tuple(int(v) for v in box), tr.id, self.labels[int(np.argmax(p))], pct))
+            faces.append(Face(tuple(int(v) for v in box), tr.id, self.labels[int(np.argmax(p))], pct, tr.look))
         self.timings = {"detect_ms": (t1 - t0) * 1e3, "preprocess_ms": (t2 - t1) * 1e3,
                         "classify_ms": (t3 - t2) * 1e3, "track_ms": (time.perf_counter() - t3) * 1e3}
         return faces

@@ -1,4 +1,8 @@
-"""IoU tracking of face boxes across frames, with exponential smoothing of scores per track."""
+"""IoU tracking of face boxes across frames, with exponential smoothing of scores per track.
+
+A box continues a track only where it overlaps the track's last box, is of a similar size and
+looks alike (:func:`same_face`), so a video that cuts to another person in the same place starts
+a new track. The analysis's merge of split tracks (analyze.tracks) asks the same question."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -6,7 +10,16 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .boxes import iou
+from .appearance import alike
+from .boxes import iou, scale_ratio
+
+MAX_SCALE = 1.5  # a face's size changes by less than this factor between two sightings of one person
+
+
+def same_face(a: tuple, look_a: Optional[np.ndarray], b: tuple, look_b: Optional[np.ndarray]) -> bool:
+    """Whether box ``b`` may show the face of box ``a``, seen a little earlier: sizes within
+    MAX_SCALE of each other and looks alike (see appearance.py). Where it is, is the caller's rule."""
+    return scale_ratio(a, b) <= MAX_SCALE and alike(look_a, look_b)
 
 
 @dataclass
@@ -16,10 +29,11 @@ class Track:
     scores: np.ndarray
     missed: int = 0
     angle: float = 0.0  # the face's tilt at its last detection (reused between detections)
+    look: Optional[np.ndarray] = None  # appearance.look at its last detection
 
 
 class IouTracker:
-    """Greedy IoU matching of new boxes to live tracks.
+    """Greedy IoU matching of new boxes to live tracks (pairs that pass :func:`same_face` only).
 
     ``smooth`` in [0, 1) is the weight of a track's previous scores: 0 turns smoothing off, 0.6
     keeps labels steady at camera frame rates. A track survives ``max_missed`` frames unseen.
@@ -32,10 +46,12 @@ class IouTracker:
         self.tracks: list[Track] = []
         self._next = 1
 
-    def update(self, boxes: list, scores: np.ndarray, angles: Optional[Sequence[float]] = None) -> list[Track]:
-        """Match ``boxes`` (with their ``scores`` and tilt ``angles``) to tracks; returns the track of
-        each box, in order."""
+    def update(self, boxes: list, scores: np.ndarray, angles: Optional[Sequence[float]] = None,
+               looks: Optional[Sequence[Optional[np.ndarray]]] = None) -> list[Track]:
+        """Match ``boxes`` (with their ``scores``, tilt ``angles`` and ``looks``, see appearance.py)
+        to tracks; returns the track of each box, in order. Without looks, boxes match by place and size."""
         angles = angles if angles is not None else [0.0] * len(boxes)
+        looks = looks if looks is not None else [None] * len(boxes)
         pairs = sorted(
             ((iou(t.box, b), ti, bi) for ti, t in enumerate(self.tracks) for bi, b in enumerate(boxes)),
             reverse=True,
@@ -45,10 +61,11 @@ class IouTracker:
         for v, ti, bi in pairs:
             if v < self.iou_threshold:
                 break
-            if ti in used or bi in assigned:
-                continue
             t = self.tracks[ti]
+            if ti in used or bi in assigned or not same_face(t.box, t.look, boxes[bi], looks[bi]):
+                continue
             t.box, t.missed, t.angle = tuple(boxes[bi]), 0, angles[bi]
+            t.look = looks[bi] if looks[bi] is not None else t.look
             t.scores = self.smooth * t.scores + (1 - self.smooth) * scores[bi]
             assigned[bi] = t
             used.add(ti)
@@ -57,7 +74,7 @@ class IouTracker:
                 t.missed += 1
         for bi, b in enumerate(boxes):
             if bi not in assigned:
-                t = Track(self._next, tuple(b), np.array(scores[bi], np.float32), angle=angles[bi])
+                t = Track(self._next, tuple(b), np.array(scores[bi], np.float32), angle=angles[bi], look=looks[bi])
                 self._next += 1
                 self.tracks.append(t)
                 assigned[bi] = t

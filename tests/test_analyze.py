@@ -7,6 +7,7 @@ EMO_SHARED_DATA, from real photos of two people who enter and leave the frame.""
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import os
 import signal
@@ -20,13 +21,15 @@ import numpy as np
 import pytest
 
 from conftest import REPO, bin_path, make_video, run_cli
-from emo.edge_runtime.analyze import FRAME_COLUMNS, TRACK_COLUMNS, AnalyzeOptions, TrackStats, analyze_video, consolidate
-from emo.edge_runtime.analyze import EXIT_ALL, EXIT_NONE, EXIT_SOME
+from emo.edge_runtime.analyze import (EXIT_ALL, EXIT_NONE, EXIT_SOME, FRAME_COLUMNS, TRACK_COLUMNS, AnalyzeOptions, TrackStats,
+                                      analyze_video, consolidate)
+from emo.edge_runtime.analyze.timeline import picture_size
+from emo.edge_runtime.appearance import BINS, look
 from emo.edge_runtime.bench import make_test_video
 from emo.edge_runtime.faces import HaarDetector
 from emo.edge_runtime.labels import LABELS
 from emo.edge_runtime.stopping import StopFlag
-from emo.edge_runtime.analyze.timeline import picture_size
+from emo.edge_runtime.tracking import IouTracker
 
 ASTRONAUT = REPO / "examples" / "astronaut.png"
 
@@ -299,10 +302,15 @@ def test_python_api_and_stop(astro, tmp_path):
         analyze_video(other, tmp_path / "api", AnalyzeOptions(stride=2))
 
 
-def ts(first, last, frames, box=(100, 100, 50, 50), last_box=None, tid=1):
-    s = TrackStats(tid, first, last, box, last_box or box, frames)
+def ts(first, last, frames, box=(100, 100, 50, 50), last_box=None, tid=1, look=None):
+    s = TrackStats(tid, first, last, box, last_box or box, frames, first_look=look, last_look=look)
     s.sums[:] = frames * 10.0
     return s
+
+
+def looks(n: int = 2) -> list[np.ndarray]:
+    """Looks (see appearance.py) with nothing in common."""
+    return [np.eye(BINS * BINS, dtype=np.float32)[i * 17] for i in range(n)]
 
 
 def test_track_rule_merges_split_tracks_and_drops_flicker():
@@ -355,6 +363,76 @@ def test_two_people_enter_and_leave(photos, tmp_path):
     assert sum(per_frame[i] == 1 for i in range(37, 54)) >= 13, per_frame  # the second alone
     assert all(float(r["timestamp"]) == pytest.approx(int(r["frame"]) / 10.0, abs=1e-4) for r in frame_rows)
     check_timeline(tmp_path / "out" / "two people", 2)
+
+
+def test_track_rule_never_merges_another_size_or_look():
+    step, (one, other) = 0.1, looks()
+    a = ts(0.0, 2.0, 20, box=(100, 100, 296, 296), tid=1, look=one)
+    b = ts(2.1, 3.0, 9, box=(150, 200, 77, 77), tid=2, look=one)  # just after, near, but 3.8x smaller: another face
+    c = ts(4.0, 5.0, 10, box=(300, 100, 100, 100), tid=3, look=one)
+    d = ts(5.1, 6.0, 9, box=(300, 100, 100, 100), tid=4, look=other)  # same place and size, another look: a cut
+    e = ts(6.1, 7.0, 9, box=(310, 105, 110, 110), tid=5, look=other)  # continues d
+    f = ts(7.1, 8.0, 9, box=(315, 110, 120, 120), tid=6)  # no look (a gray video): place and size decide
+    kept, merged, _ = consolidate([a, b, c, d, e, f], step, min_seconds=0.5, merge_gap=1.0)
+    assert [s.id for s in kept] == [1, 2, 3, 4] and merged == {5: 4, 6: 4}
+
+
+def test_tracker_starts_a_new_track_for_another_size_or_look():
+    p, (one, other) = np.full((1, 7), 1 / 7, np.float32), looks()
+    t = IouTracker()
+    assert t.update([(0, 0, 100, 100)], p, looks=[one])[0].id == 1
+    assert t.update([(3, 2, 104, 104)], p, looks=[one])[0].id == 1  # the same face, moving
+    assert t.update([(3, 2, 104, 104)], p, looks=[None])[0].id == 1  # look unknown: place and size decide
+    assert t.update([(3, 2, 104, 104)], p, looks=[other])[0].id == 2  # a cut to another face in the same place
+    assert t.update([(3, 2, 64, 64)], p, looks=[other])[0].id == 3  # overlapping (IoU 0.38) but 1.6x smaller
+    assert look(np.zeros((60, 60), np.uint8), (5, 5, 50, 50)) is None  # a gray frame has no look
+
+
+def face_patch(photo: Path, face_px: int) -> np.ndarray:
+    """The largest face of ``photo`` with half a face of margin, scaled so the face is ``face_px`` high."""
+    crop, h = _face_region(photo)
+    s = face_px / h
+    return cv2.resize(crop, (round(crop.shape[1] * s), round(crop.shape[0] * s)), interpolation=cv2.INTER_AREA)
+
+
+@functools.lru_cache(maxsize=None)
+def _face_region(photo: Path) -> tuple[np.ndarray, int]:
+    img = cv2.imread(str(photo))
+    x, y, w, h = max(HaarDetector(max_side=max(img.shape[:2])).detect(img), key=lambda b: b[2] * b[3])
+    img = cv2.copyMakeBorder(img, h, h, w, w, cv2.BORDER_REPLICATE)  # room for the margin at the photo's edges
+    return img[y + h // 2: y + 2 * h + h // 2, x + w // 2: x + 2 * w + w // 2], h
+
+
+def scene(patch: np.ndarray, cx: int, cy: int, size=(600, 800), grey: int = 90) -> np.ndarray:
+    """A frame with ``patch`` centred at (cx, cy), cut off by the frame's edges."""
+    frame = np.full((*size, 3), grey, np.uint8)
+    ph, pw = patch.shape[:2]
+    x0, y0 = cx - pw // 2, cy - ph // 2
+    fx0, fy0, fx1, fy1 = max(0, x0), max(0, y0), min(size[1], x0 + pw), min(size[0], y0 + ph)
+    frame[fy0:fy1, fx0:fx1] = patch[fy0 - y0: fy1 - y0, fx0 - x0: fx1 - x0]
+    return frame
+
+
+def test_scene_cuts_split_people_and_one_moving_person_stays_one_track(photos, tmp_path):
+    """cuts.avi, four shots of 0.8 s: obama (296 px face), then lin-manuel-miranda (77 px) nearby;
+    obama2 (150 px), then lin-manuel-miranda (150 px) in the very same place: four tracks, one per
+    shot. walk.avi (25 fps): one person growing from 120 to 140 px while crossing the frame, lost
+    for half a second (longer than the tracker waits) on the way: one track, merged from two."""
+    lin = photos / "lin-manuel-miranda.png"
+    shots = [(face_patch(photos / "obama.jpg", 296), 300, 280), (face_patch(lin, 77), 420, 330),
+             (face_patch(photos / "obama2.jpg", 150), 560, 300), (face_patch(lin, 150), 560, 300)]
+    cuts = make_video(tmp_path / "cuts.avi", [scene(p, x, y) for p, x, y in shots for _ in range(8)], fps=10.0)
+    walk = [np.full((600, 800, 3), 90, np.uint8) if 15 <= i < 28 else
+            scene(face_patch(photos / "alex-lacamoire.png", 120 + i // 2), 200 + 8 * i, 300) for i in range(40)]
+    walk_video = make_video(tmp_path / "walk.avi", walk, fps=25.0)
+    r = analyze(cuts, walk_video, "--out", tmp_path / "out", "--detector", "haar")
+    assert r.returncode == 0, r.stderr
+    _, tracks, _ = check_tracks_match_rows(tmp_path / "out" / "cuts")
+    spans = [(float(t["first_seen"]), float(t["last_seen"])) for t in tracks]
+    assert [(round(a * 10) // 8, round(b * 10) // 8) for a, b in spans] == [(0, 0), (1, 1), (2, 2), (3, 3)], spans  # the shots
+    _, tracks, summary = check_tracks_match_rows(tmp_path / "out" / "walk")
+    assert len(tracks) == 1 and tracks[0]["merged_from"], (tracks, summary["tracks"])
+    assert float(tracks[0]["first_seen"]) <= 0.2 and float(tracks[0]["last_seen"]) >= 1.4
 
 
 def test_benchmark_script_runs(tmp_path):

@@ -2,17 +2,20 @@
 tracker become the tracks of ``tracks.csv`` (split pieces of one face merged, flicker dropped)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Optional, Sequence
 
 import numpy as np
 
 from ..labels import LABELS
+from ..tracking import MAX_SCALE, same_face
 
 TRACK_RULE = ("tracks of one face split by a short loss are merged: a track that starts at most merge_gap seconds "
               "after another ended, with its first box centre within one face width of that track's last box, "
-              "continues it; then tracks on screen for less than min_track_seconds (frames x stride / fps) are "
-              "dropped from tracks.csv and timeline.png (their rows stay in frames.csv)")
+              f"its face size within {MAX_SCALE}x of it and a face that looks alike (the colour of the face's middle, "
+              "see appearance.py), continues it; then tracks on screen for less than min_track_seconds "
+              "(frames x stride / fps) are dropped from tracks.csv and timeline.png (their rows stay in frames.csv)")
+
 
 @dataclass
 class TrackStats:
@@ -27,15 +30,21 @@ class TrackStats:
     sums: np.ndarray = field(default_factory=lambda: np.zeros(len(LABELS)))
     peaks: np.ndarray = field(default_factory=lambda: np.zeros(len(LABELS)))
     merged_from: list = field(default_factory=list)
+    first_look: Optional[np.ndarray] = None  # appearance.look where it starts and where it ends (None: unknown)
+    last_look: Optional[np.ndarray] = None
 
-    def add(self, t: float, box: tuple, scores: np.ndarray) -> None:
+    def add(self, t: float, box: tuple, scores: np.ndarray, look: Optional[np.ndarray] = None) -> None:
         self.last, self.last_box = t, box
+        if look is not None:
+            self.first_look = self.first_look if self.first_look is not None else look
+            self.last_look = look
         self.frames += 1
         self.sums += scores
         np.maximum(self.peaks, scores, out=self.peaks)
 
     def absorb(self, other: "TrackStats") -> None:
         self.last, self.last_box = other.last, other.last_box
+        self.last_look = other.last_look if other.last_look is not None else self.last_look
         self.frames += other.frames
         self.sums += other.sums
         np.maximum(self.peaks, other.peaks, out=self.peaks)
@@ -62,7 +71,7 @@ class TrackSums:
             if s is None:
                 n = len(self.labels)
                 s = self.tracks[f.track] = TrackStats(f.track, t, t, f.box, f.box, 0, np.zeros(n), np.zeros(n))
-            s.add(t, f.box, np.array([f.scores[e] for e in self.labels]))
+            s.add(t, f.box, np.array([f.scores[e] for e in self.labels]), f.look)
 
     def close(self) -> None:
         pass
@@ -82,10 +91,10 @@ def consolidate(tracks: Sequence[TrackStats], step: float, min_seconds: float, m
         best = None
         for a in recent:
             gap = b.first - a.last
-            if gap > 0 and _near(a.last_box, b.first_box) and (best is None or gap < best[0]):
+            if gap > 0 and continues(a, b) and (best is None or gap < best[0]):
                 best = (gap, a)
         if best is None:
-            s = TrackStats(b.id, b.first, b.last, b.first_box, b.last_box, b.frames, b.sums.copy(), b.peaks.copy())
+            s = replace(b, sums=b.sums.copy(), peaks=b.peaks.copy(), merged_from=[])
             final.append(s)
             recent.append(s)
         else:
@@ -94,6 +103,12 @@ def consolidate(tracks: Sequence[TrackStats], step: float, min_seconds: float, m
     kept = [s for s in final if s.frames * step >= min_seconds - 1e-9]
     dropped = [s for s in final if s.frames * step < min_seconds - 1e-9]
     return kept, merged, dropped
+
+
+def continues(a: TrackStats, b: TrackStats) -> bool:
+    """Whether track ``b``, which starts after ``a`` ended, may be the same face: near where ``a``
+    ended, of a similar size, looking alike."""
+    return _near(a.last_box, b.first_box) and same_face(a.last_box, a.last_look, b.first_box, b.first_look)
 
 
 def _near(a: tuple, b: tuple) -> bool:

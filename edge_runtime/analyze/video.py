@@ -86,6 +86,7 @@ class AnalyzeOptions(RecognizerOptions):
         model = resolve_model(self.model)
         p = {k: v for k, v in asdict(self).items() if k not in ("threads", "spin", "model", "detector_model")}
         p["detector_used"] = make_detector(self.detector, self.detector_model, self.detect_size).name
+        p["track_rule"] = TRACK_RULE  # a new rule makes new outputs: an analysis made with another is redone
         p["model_sha256"] = _sha256(check_file(model, "model"))
         p["detector_model_sha256"] = _sha256(check_file(self.detector_model, "detector model")) if self.detector_model else None
         return p
