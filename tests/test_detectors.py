@@ -178,7 +178,7 @@ def test_tilted_faces_keep_their_top_emotion(photos, yunet_file, capsys):
 def test_the_evaluation_runs_in_quick_mode(tmp_path, photos, yunet_file):
     pytest.importorskip("skimage", reason="scikit-image (its non-face images) is in the dev extra")
     out = tmp_path / "det.json"
-    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "eval_detectors.py"), "--photos", str(photos),
+    r = subprocess.run([sys.executable, str(REPO / "research" / "scripts" / "eval_detectors.py"), "--photos", str(photos),
                         "--yunet", str(yunet_file), "--quick", "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads(out.read_text())

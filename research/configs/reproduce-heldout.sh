@@ -4,12 +4,12 @@
 # never trained on it: emonet-wkh (the wide shape, for the large rung) and emonet-kdh (the
 # default's architecture, for its 71.5% stretch goal); last, it builds and exports the two candidates
 # that MODEL_CARD.md's rules judge.
-#   bash configs/reproduce-heldout.sh FER2013_ROOT [JOBS] [emo-train fit options...]
-#   bash configs/reproduce-heldout.sh ../shared/data/fer2013 2 --threads 1   # a 2-core CPU: ~3 h per teacher
-#   bash configs/reproduce-heldout.sh ../shared/data/fer2013 5 --device cuda # one GPU: five side by side (two side by side on an H200 took 4-6 s per epoch each)
+#   bash research/configs/reproduce-heldout.sh FER2013_ROOT [JOBS] [emo-train fit options...]
+#   bash research/configs/reproduce-heldout.sh ../shared/data/fer2013 2 --threads 1   # a 2-core CPU: ~3 h per teacher
+#   bash research/configs/reproduce-heldout.sh ../shared/data/fer2013 5 --device cuda # one GPU: five side by side (two side by side on an H200 took 4-6 s per epoch each)
 # JOBS runs train at once (default 1): the five teachers, then the two students, each logging to runs/NAME.log. A finished teacher is
-# kept in float16 as models/teachers/NAME.pt (`emo-train half`; 3.5 MB, committed so that it
-# survives a move to a new machine), and the students read those files. Every stage is resumable:
+# kept in float16 as runs/fold-teachers/NAME.pt (`emo-train half`; 3.5 MB, small enough to carry
+# to another machine), and the students read those files. Every stage is resumable:
 # after Ctrl-C or the end of a session, rerun the same command; a stage with a last.pt continues
 # from it, and a kept teacher or a finished student is not trained again.
 set -euo pipefail
@@ -26,7 +26,7 @@ stage() {  # stage NAME [fit options]
   if [ -f "$out/$name/last.pt" ]; then
     emo-train fit --resume "$out/$name" --data "$data" "$@"
   else
-    emo-train fit -c "configs/$name.toml" --data "$data" --out "$out" "$@"
+    emo-train fit -c "research/configs/$name.toml" --data "$data" --out "$out" "$@"
   fi
 }
 throttle() {  # wait until fewer than JOBS runs are training
@@ -68,7 +68,7 @@ side_by_side() {  # side_by_side teacher|student "NAME..." [fit options]: each u
   done
   stop_if_unfinished ${failed[@]+"${failed[@]}"}
 }
-kept=models/teachers
+kept=$out/fold-teachers
 mkdir -p "$kept"
 side_by_side teacher "emonet-wkf0 emonet-wkf1 emonet-wkf2 emonet-wkf3 emonet-wkf4" "$@"
 side_by_side student "emonet-wkh emonet-kdh" "$@"  # independent of each other: JOBS at a time too

@@ -3,8 +3,8 @@
 weights, exported and quantised as emo-export would (static QDQ, per-channel weights), and timed
 interleaved with a reference model (default: the bundled default), 1 thread, batch 1.
 
-    python benchmarks/probe_arch.py '{"tiny": ["emonet", {"widths": [32, 64, 112], "blocks": [2, 2], "sep": true, "stem_stride": 2}]}'
-    python benchmarks/probe_arch.py candidates.json --runs 2000
+    python research/scripts/probe_arch.py '{"tiny": ["emonet", {"widths": [32, 64, 112], "blocks": [2, 2], "sep": true, "stem_stride": 2}]}'
+    python research/scripts/probe_arch.py candidates.json --runs 2000
 
 The argument is JSON (or a JSON file): label -> [arch, arch_args]. Prints parameters, MACs,
 int8 bytes and the median latency and its ratio to the reference. Latency does not depend on

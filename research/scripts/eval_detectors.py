@@ -13,8 +13,8 @@
    top emotion stays the one of the upright face, with and without --align, and the cost of an
    aligned crop per face.
 
-    python benchmarks/eval_detectors.py --photos ../shared/data/photos --yunet ../shared/models/face_detection_yunet.onnx --fer ../shared/data/fer2013
-    python benchmarks/eval_detectors.py ... --quick
+    python research/scripts/eval_detectors.py --photos ../shared/data/photos --yunet ../shared/models/face_detection_yunet.onnx --fer ../shared/data/fer2013
+    python research/scripts/eval_detectors.py ... --quick
 """
 from __future__ import annotations
 
@@ -184,7 +184,7 @@ def fer_faces(fer: Path, per_class: int) -> list[np.ndarray]:
 
 
 def crop_cost_ms() -> dict:
-    g = cv2.cvtColor(cv2.imread(str(Path(__file__).resolve().parents[1] / "examples" / "astronaut.png")), cv2.COLOR_BGR2GRAY)
+    g = cv2.cvtColor(cv2.imread(str(Path(__file__).resolve().parents[2] / "examples" / "astronaut.png")), cv2.COLOR_BGR2GRAY)
     spec, out = InputSpec(), {}
     for name, angle in (("plain", 0.0), ("aligned", 12.0)):
         runs = []
@@ -205,7 +205,7 @@ def main(argv=None) -> int:
     ap.add_argument("--fer", type=Path, help="a FER2013 root, for the alignment check on FER faces")
     ap.add_argument("--scenes", type=int, default=60)
     ap.add_argument("--quick", action="store_true", help="8 scenes, 4 negatives, 2 settings per detector")
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results") / f"detectors-{os.uname().nodename}.json")
+    ap.add_argument("--out", type=Path, default=Path("research/results") / f"detectors-{os.uname().nodename}.json")
     a = ap.parse_args(argv)
     cv2.setNumThreads(1)
     log = lambda s: print(f"eval_detectors: {s}", file=sys.stderr, flush=True)  # noqa: E731
