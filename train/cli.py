@@ -151,7 +151,7 @@ def ensemble(
 @app.command()
 def half(
     checkpoint: Path = typer.Argument(..., help="model.pt written by emo-train (float32)."),
-    out: Path = typer.Argument(..., help="Where to write the float16 copy, e.g. models/teachers/NAME.pt."),
+    out: Path = typer.Argument(..., help="Where to write the float16 copy, e.g. models/large/NAME.pt."),
     data: str = typer.Option(..., help="FER2013 root or fer2013.csv: its val faces give the check."),
     min_agreement: float = typer.Option(0.995, help="Least share of val faces on which the copy must predict what the original predicts."),
     max_drop: float = typer.Option(0.2, help="Most val accuracy, in points, that the copy may lose."),
@@ -167,7 +167,7 @@ def half(
     half_checkpoint(checkpoint, out, data, min_agreement=min_agreement, max_drop=max_drop / 100, log=lambda *a: print(*a, flush=True))
 
 def main() -> None:
-    cli_main(app, "emo-train", "emo-train needs the training install: pip install 'emo[train]'")
+    cli_main(app, "emo-train", "emo-train needs the training install: pip install 'emo-fer[train]'")
 
 
 if __name__ == "__main__":
