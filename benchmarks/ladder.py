@@ -31,7 +31,7 @@ def parse_models(items: list[str]) -> dict[str, Path]:
     if not items:
         found = bundled_models()
         if not found:
-            raise EmoError("no bundled models found; reinstall emo")
+            raise EmoError("no bundled models found; reinstall emo-fer")
         return found
     out = {}
     for it in items:
@@ -62,7 +62,7 @@ def chart(rows: list[dict], path: Path, title: str) -> bool:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print("ladder: matplotlib is not installed (pip install 'emo[train]'); no chart written", file=sys.stderr)
+        print("ladder: matplotlib is not installed (pip install 'emo-fer[train]'); no chart written", file=sys.stderr)
         return False
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     bundled = [r for r in rows if r["bundled"]]

@@ -37,7 +37,7 @@ SAVE = typer.Option(None, help="Write annotated output: an image file, a video (
 MAX_FRAMES = typer.Option(0, min=0, help="Stop after N frames (0: no limit).")
 DURATION = typer.Option(0, min=0, help="Stop after N seconds (0: no limit).")
 MQTT = typer.Option(None, help="Publish to an MQTT broker: mqtt://[user@]host[:port][/prefix] or mqtts:// "
-                               "(password in EMO_MQTT_PASSWORD; needs pip install \"emo[mqtt]\").")
+                               "(password in EMO_MQTT_PASSWORD; needs pip install \"emo-fer[mqtt]\").")
 MQTT_INTERVAL = typer.Option(1.0, min=0.05, help="MQTT: at most one state message per this many seconds.")
 HA_DISCOVERY = typer.Option(True, "--ha-discovery/--no-ha-discovery", help="MQTT: announce sensors to Home Assistant.")
 
@@ -145,6 +145,11 @@ def fetch(
           "--detector auto uses it from now on")
 
 
+# Every bundled model was trained on FER2013 and nothing else (MODEL_CARD.md, "Data").
+BUNDLED_DATA_TERMS = ("FER2013 only (the Kaggle \"Challenges in Representation Learning\" competition data): "
+                      "research use; for commercial use, fine-tune on faces you hold the rights to")
+
+
 @app.command()
 def models(as_json: bool = typer.Option(False, "--json", help="Print the list as JSON.")) -> None:
     """The bundled emotion models and the downloadable ones (in the cache or not)."""
@@ -158,7 +163,7 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print the list as
                      "arch": m.arch, "precision": m.precision, "params": m.extra.get("params"), "macs": m.extra.get("macs"),
                      "val_accuracy": m.metrics.get(f"val_accuracy_{m.precision}", m.metrics.get("val_accuracy")),
                      "latency_ms": m.metrics.get("latency_ms_1thread"), "latency_vs_default": m.metrics.get("latency_vs_default"),
-                     "latency_device": m.metrics.get("latency_device")})
+                     "latency_device": m.metrics.get("latency_device"), "data_terms": BUNDLED_DATA_TERMS})
     for a in ASSETS.values():
         p = cached(a.name)
         rows.append({"name": a.name, "kind": a.what, "path": str(p or cache_dir() / a.file), "bytes": p.stat().st_size if p else None,
@@ -182,6 +187,8 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print the list as
                 facts.append(f"{r['latency_ms']:.3f} ms per face on 1 thread{ratio}")
             where = f" (measured on {r['latency_device']})" if num(r["latency_ms"]) and r["latency_device"] else ""
             print(f"{r['name']:<28} {', '.join(facts)}\n{'':<28} {r['path']}{where}")
+    print("Bundled models: trained on FER2013 only (research use); for commercial use, fine-tune on faces "
+          "you hold the rights to (MODEL_CARD.md, Data).")
 
 
 @app.command()

@@ -1,4 +1,4 @@
-"""`--mqtt URL`: results to an MQTT broker, with Home Assistant discovery (optional extra `emo[mqtt]`).
+"""`--mqtt URL`: results to an MQTT broker, with Home Assistant discovery (optional extra `emo-fer[mqtt]`).
 
 Topics under the prefix (the URL's path, or ``emo/<hostname>``; one that would give a topic a broker
 drops, such as a wildcard, is refused at start: see :mod:`.topics`):
@@ -73,7 +73,7 @@ class MqttSink:
         try:
             import paho.mqtt.client as paho
         except ImportError:
-            raise EmoError('--mqtt needs the MQTT extra: pip install "emo[mqtt]" (paho-mqtt)') from None
+            raise EmoError('--mqtt needs the MQTT extra: pip install "emo-fer[mqtt]" (paho-mqtt)') from None
         self.opts, self.labels, self.info = opts, list(labels), device_info
         self.addr = parse_url(opts.url)
         self.node = node_id()

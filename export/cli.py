@@ -59,7 +59,7 @@ def export(
 
 
 def main() -> None:
-    cli_main(app, "emo-export", "emo-export needs the training install: pip install 'emo[train]'")
+    cli_main(app, "emo-export", "emo-export needs the training install: pip install 'emo-fer[train]'")
 
 
 if __name__ == "__main__":

@@ -159,7 +159,7 @@ def test_parquet_only_when_asked_and_available(astro, tmp_path):
         import pyarrow  # noqa: F401
     except ImportError:
         r = analyze(astro, "--out", tmp_path, "--parquet")
-        assert r.returncode == 2 and 'pip install "emo[parquet]"' in r.stderr and not (tmp_path / "astro").exists()
+        assert r.returncode == 2 and 'pip install "emo-fer[parquet]"' in r.stderr and not (tmp_path / "astro").exists()
         return
     r = analyze(astro, "--out", tmp_path, "--parquet")
     assert r.returncode == 0

@@ -364,7 +364,13 @@ def test_models_by_name(tmp_path):
         r = run_cli("emo-edge", "infer", ASTRONAUT, "--model", missing)
         assert r.returncode == 2 and "not bundled" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     r = run_cli("emo-edge", "models", "--json")
-    assert {"default", "yunet"} <= {m["name"] for m in json.loads(r.stdout)}
+    rows = {m["name"]: m for m in json.loads(r.stdout)}
+    assert {"default", "yunet"} <= set(rows)
+    # each bundled model names the terms of its training data; the text list ends with them in one line
+    assert all("FER2013" in rows[n]["data_terms"] and "research" in rows[n]["data_terms"] for n in bundled_models())
+    assert "data_terms" not in rows["yunet"]
+    r = run_cli("emo-edge", "models")
+    assert r.returncode == 0 and "FER2013" in r.stdout.splitlines()[-1] and "commercial" in r.stdout.splitlines()[-1]
 
 
 @pytest.mark.parametrize("module", ["emo.edge_runtime.cli", "emo.train.cli", "emo.export.cli"])

@@ -305,4 +305,4 @@ def test_without_the_extra_mqtt_is_one_line():
             f"sys.argv = ['emo-edge', 'infer', r'{ASTRONAUT}', '--mqtt', 'mqtt://127.0.0.1:1']\n"
             "main()\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert r.returncode == 2 and r.stderr.strip() == 'emo-edge: error: --mqtt needs the MQTT extra: pip install "emo[mqtt]" (paho-mqtt)'
+    assert r.returncode == 2 and r.stderr.strip() == 'emo-edge: error: --mqtt needs the MQTT extra: pip install "emo-fer[mqtt]" (paho-mqtt)'

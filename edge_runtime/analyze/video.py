@@ -69,7 +69,7 @@ class AnalyzeOptions(RecognizerOptions):
             try:
                 import pyarrow  # noqa: F401
             except ImportError:
-                raise EmoError('--parquet needs pyarrow, which is not installed: pip install "emo[parquet]" '
+                raise EmoError('--parquet needs pyarrow, which is not installed: pip install "emo-fer[parquet]" '
                                "(or leave --parquet off: frames.csv holds the same table)") from None
 
     def check_model(self) -> None:

@@ -41,7 +41,7 @@ def main(argv=None) -> int:
         from emo.export.onnxfile import stamp_metadata
         from emo.train.models import build_model, count_macs, count_params
     except ImportError as e:
-        print(f"probe_arch: needs the training install (pip install 'emo[train]'): {e}", file=sys.stderr)
+        print(f"probe_arch: needs the training install (pip install 'emo-fer[train]'): {e}", file=sys.stderr)
         return 2
     text = Path(a.candidates).read_text() if a.candidates.endswith(".json") else a.candidates
     try:
