@@ -72,24 +72,28 @@ def serve(
     stream_width: int = typer.Option(640, min=0, help="Width of the MJPEG frames (0: the frame's own)."),
     jpeg_quality: int = typer.Option(75, min=10, max=100, help="JPEG quality of the stream and snapshot."),
     health_timeout: float = typer.Option(5.0, min=0.5, help="/healthz answers 503 after this many seconds without a frame."),
+    realtime: bool = typer.Option(True, "--realtime/--fast", help="A video file plays at its own frame rate, skipping "
+                                  "frames if processing falls behind; --fast: every frame, as fast as possible."),
     model: Optional[Path] = MODEL, detector: str = DETECTOR, detector_model: Optional[Path] = DETECTOR_MODEL,
     align: bool = ALIGN, detect_every: int = DETECT_EVERY, detect_size: Optional[int] = DETECT_SIZE, smooth: float = SMOOTH,
     threads: int = THREADS, spin: bool = SPIN, width: int = WIDTH, height: int = HEIGHT, fps: float = FPS,
-    reconnect: int = typer.Option(1_000_000, min=0, help="Camera/stream: reopen attempts after a drop-out (a service keeps trying)."),
+    reconnect: int = typer.Option(1_000_000, min=0, help="Camera/stream: attempts to open it, at start (while the page says it is not found) and after a drop-out; a service keeps trying. 0: fail at once."),
     timeout: float = TIMEOUT, save: Optional[str] = SAVE, max_frames: int = MAX_FRAMES, duration: float = DURATION,
     mqtt: Optional[str] = MQTT, mqtt_interval: float = MQTT_INTERVAL, ha_discovery: bool = HA_DISCOVERY,
     output: str = typer.Option("none", "--format", help="Also print records on stdout: none, json or table."),
 ) -> None:
     """Run infer and serve a live page, an MJPEG stream and an HTTP API (see README: emo-edge serve).
 
-    A file source that ends (an image, a video) stays on the page until Ctrl-C or SIGTERM."""
+    A file source that ends (an image, a video) stays on the page until Ctrl-C or SIGTERM. A camera
+    or stream that is not there yet is retried with backoff while the page says so."""
     params = dict(locals())
     from .runner import JobOptions, run_job
     from .serve import ServeOptions, serve_sinks
+    from .serve_source import open_or_wait
 
     so = ServeOptions(**{k: params.pop(k) for k in ("host", "port", "token", "stream_fps", "stream_width", "jpeg_quality",
                                                     "health_timeout")})
-    code = run_job(JobOptions(**params), serve_sinks(so), hold_at_end=True)
+    code = run_job(JobOptions(**params), serve_sinks(so, realtime), hold_at_end=True, opener=open_or_wait)
     if code:
         raise typer.Exit(code)
 

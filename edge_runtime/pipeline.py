@@ -50,23 +50,47 @@ class Summary:
     faces: int = 0
     seconds: float = 0.0
     stopped_by: Optional[str] = None
+    late: int = 0  # frames skipped to keep a video at its own rate (realtime)
 
     @property
     def fps(self) -> float:
         return self.frames / self.seconds if self.seconds > 0 else 0.0
 
 
+class Pacer:
+    """Keeps a video file at its own frame rate: each frame waits until it is due (by its
+    timestamp), and a frame already more than one frame late is skipped, so a slow machine keeps
+    time instead of falling behind."""
+
+    def __init__(self, fps: float, stop: StopFlag):
+        self.period, self.stop = 1.0 / fps, stop
+        self.t0: Optional[float] = None  # the wall-clock time of timestamp 0
+
+    def due(self, frame: Frame) -> bool:
+        """Wait until ``frame`` is due; False when it is late (skip it)."""
+        now = time.monotonic()
+        if self.t0 is None:
+            self.t0 = now - frame.timestamp
+        lag = now - (self.t0 + frame.timestamp)
+        if lag > self.period:
+            return False
+        self.stop.wait(-lag)
+        return True
+
+
 def run(source, label: str, rec: Recognizer, sinks: list, max_frames: int = 0, duration: float = 0,
-        stop: Optional[StopFlag] = None, hold_at_end: bool = False) -> Summary:
+        stop: Optional[StopFlag] = None, hold_at_end: bool = False, realtime: bool = False) -> Summary:
     """Process frames until the source ends, a limit is hit or a stop is asked for.
 
     Sinks are closed (and the source too) however the loop ends; a reader that closes stdout
     stops the loop with ``stopped_by == OUTPUT_CLOSED``. With ``hold_at_end``, a source that
-    ends leaves the sinks open with its last frame until a stop is asked for (serve)."""
+    ends leaves the sinks open with its last frame until a stop is asked for (serve). With
+    ``realtime``, a video file plays at its own frame rate (see :class:`Pacer`)."""
     stop = stop or StopFlag()
     summary, t_start = Summary(), time.monotonic()
     it = iter(source)
     per_image = isinstance(source, ImageSource)  # unrelated images: no tracking across them
+    pacer = Pacer(source.fps, stop) if realtime and not source.live and source.fps else None
     try:
         while stop.reason is None:
             if (max_frames and summary.frames >= max_frames) or (duration and time.monotonic() - t_start >= duration):
@@ -75,12 +99,16 @@ def run(source, label: str, rec: Recognizer, sinks: list, max_frames: int = 0, d
             frame = next(it, None)
             if frame is None:
                 if hold_at_end and stop.reason is None:
-                    print(f"emo-edge: {label} ended after {summary.frames} frames; still serving the last one "
+                    late = f" ({summary.late} skipped to keep its frame rate)" if summary.late else ""
+                    print(f"emo-edge: {label} ended after {summary.frames} frames{late}; still serving the last one "
                           "(Ctrl-C to stop)", file=sys.stderr, flush=True)
                     while not stop.wait(0.5):
                         pass
                 break
             decode_ms = (time.perf_counter() - t0) * 1e3
+            if pacer is not None and not pacer.due(frame):
+                summary.late += 1
+                continue
             if per_image:
                 rec.reset()
             faces = rec.process(frame.image)

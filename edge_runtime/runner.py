@@ -58,6 +58,7 @@ class JobOptions(RecognizerOptions):
     mqtt: Optional[str] = None
     mqtt_interval: float = 1.0
     ha_discovery: bool = True
+    realtime: bool = False  # play a video file at its own frame rate (serve), not as fast as possible
 
 
 def usable_threads(threads: int) -> int:
@@ -69,9 +70,10 @@ def usable_threads(threads: int) -> int:
 
 
 def run_job(o: JobOptions, extra_sinks: Optional[Callable[[object, Recognizer, StopFlag, list], list]] = None,
-            hold_at_end: bool = False) -> int:
+            hold_at_end: bool = False, opener: Optional[Callable[[JobOptions, StopFlag], object]] = None) -> int:
     """Run the loop for ``o``; returns the exit status (0, or 130/143 when stopped by a signal).
-    ``extra_sinks(source, recognizer, stop, sinks so far)`` adds sinks; ``hold_at_end`` see pipeline.run."""
+    ``extra_sinks(source, recognizer, stop, sinks so far)`` adds sinks; ``hold_at_end`` see pipeline.run;
+    ``opener(o, stop)`` opens the source (default: sources.open_source)."""
     from .outputs import JsonLinesWriter, TableWriter
     from .saver import AnnotatedSaver
     from .sources import open_source
@@ -85,7 +87,10 @@ def run_job(o: JobOptions, extra_sinks: Optional[Callable[[object, Recognizer, S
     stop = StopFlag().install()
     saver = None
     try:
-        src = open_source(o.source, o.width, o.height, o.fps, o.reconnect, stop=stop, timeout=o.timeout)
+        if opener is not None:
+            src = opener(o, stop)
+        else:
+            src = open_source(o.source, o.width, o.height, o.fps, o.reconnect, stop=stop, timeout=o.timeout)
         sinks: list = []
         try:
             if o.save:
@@ -107,7 +112,7 @@ def run_job(o: JobOptions, extra_sinks: Optional[Callable[[object, Recognizer, S
         endless = hold_at_end or getattr(src, "live", False)
         if endless:  # a run that may go on for ever says it now; one over files when it is done
             _say_haar_fallback(o, rec)
-        summary = run(src, src.label, rec, sinks, o.max_frames, o.duration, stop, hold_at_end)
+        summary = run(src, src.label, rec, sinks, o.max_frames, o.duration, stop, hold_at_end, o.realtime)
     except EmoError as e:
         if not stop.reason:
             raise

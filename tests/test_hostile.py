@@ -25,7 +25,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from emo.edge_runtime.bench import MjpegTestStream
@@ -588,3 +588,74 @@ def test_analyze_writes_only_inside_out_for_hostile_names(tmp_path):
     assert sorted(p for p in tmp_path.rglob("*") if out not in p.parents) == before, "nothing written outside --out"
     done = [p for p in out.iterdir() if (p / "summary.json").is_file()]
     assert len(done) == len(names) and not [p for p in done if p.name.startswith(".")] and not list(outside.iterdir())
+
+
+# --- round 3: serve under hostile query parameters ---------------------------------------------------
+
+def _hostile_value():
+    """What a hostile or careless client puts in a query value: extreme, malformed or very long."""
+    numbers = st.one_of(st.integers(min_value=-10**400, max_value=10**400).map(str), st.floats().map(repr),
+                        st.sampled_from(["nan", "NaN", "inf", "-inf", "Infinity", "1e999", "-1e999", "1e-320", "5e-324",
+                                         "-0", "0x10", "1_000", " 1", "1 ", "+", ".", "1e", "\u0661", "0" * 5000]))
+    long = st.integers(min_value=1000, max_value=70000).map(lambda n: "9" * n)
+    good = st.sampled_from(["s3cret", "0", "1000", "1e-300", "0.001", "999.999", "snapshot", "off", "mjpeg"])  # to get past the checks
+    return st.one_of(good, numbers, st.text(max_size=200), long, st.binary(max_size=64))
+
+
+def _query(pairs) -> str:
+    from urllib.parse import quote, quote_from_bytes
+
+    return "&".join(f"{quote(k, safe='')}=" + (quote_from_bytes(v, safe="") if isinstance(v, bytes) else quote(v, safe=""))
+                    for k, v in pairs)
+
+
+def _ask(port: int, target: str, headers: dict) -> int:
+    """The status of GET ``target``; a stream that answers 200 must send its first frame or record within 2 s."""
+    import contextlib
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    t0 = time.monotonic()
+    conn.request("GET", target, headers={"Connection": "close", **headers})
+    with contextlib.closing(conn), contextlib.closing(conn.getresponse()) as r:
+        if r.status == 200 and r.headers["Content-Type"] in ("text/event-stream", "multipart/x-mixed-replace; boundary=frame"):
+            line = r.fp.readline()
+            while not (line.startswith(b"data: ") or line.lower().startswith(b"x-emo-frame")):
+                assert line, f"the stream ended before its first frame: {target[:300]}"
+                line = r.fp.readline()
+            assert time.monotonic() - t0 < 2, target[:300]
+        else:
+            r.read()
+        return r.status
+
+
+def test_any_query_parameter_gets_an_answer_not_a_traceback():
+    """Every parameter of every endpoint (and a repeated or unknown one) with hostile values: a 2xx or
+    4xx answer, never a traceback; every stream is freed once its client leaves."""
+    from emo.edge_runtime.serve_http import PARAMS, ROUTES
+
+    from test_serve import get, serving, until
+
+    names = sorted({n for spec in PARAMS.values() for n in spec} | {"token", "rate", "video", "t", "x"})
+    with serving(ASTRONAUT, token="s3cret") as (base, p):
+        port = int(base.rsplit(":", 1)[1])
+
+        @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+        @given(path=st.sampled_from(sorted(ROUTES)), pairs=st.lists(st.tuples(st.sampled_from(names), _hostile_value()), max_size=4),
+               bearer=st.booleans())
+        @example(path="/api/events", pairs=[("rate", "1e-320")], bearer=True)  # used to sleep "forever": a stuck slot
+        @example(path="/api/events", pairs=[("rate", "5e-324")], bearer=True)
+        @example(path="/api/events", pairs=[("rate", "1e-300"), ("token", "s3cret")], bearer=False)
+        @example(path="/api/events", pairs=[("rate", "1"), ("rate", "2")], bearer=True)
+        @example(path="/stream.mjpg", pairs=[("token", "s3cret"), ("token", "s3cret")], bearer=False)
+        def one(path, pairs, bearer):
+            target = path + ("?" + _query(pairs) if pairs else "")
+            status = _ask(port, target, {"Authorization": "Bearer s3cret"} if bearer else {})
+            event(f"{path} {status}")
+            assert 200 <= status < 500, (status, target[:300])
+            until(lambda: get(base + "/api/status?token=s3cret")[1]["streams"] == 0, seconds=2, step=0.02)
+
+        one()
+        assert get(base + "/api/status?token=s3cret")[1]["viewers"] == 0
+    err = "".join(p.head) + p.captured[1]
+    assert "Traceback" not in err and "request failed" not in err, err[-3000:]

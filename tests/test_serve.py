@@ -6,6 +6,7 @@ waits on the network is bounded in count and time.
 from __future__ import annotations
 
 import http.client
+import itertools
 import json
 import os
 import re
@@ -25,31 +26,46 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from emo.edge_runtime import serve_source
 from emo.edge_runtime.bench import MjpegTestStream, make_test_video
+from emo.edge_runtime.errors import EmoError
 from emo.edge_runtime.outputs import COLORS
 from emo.edge_runtime.labels import LABELS
+from emo.edge_runtime.sources import VideoSource
+from emo.edge_runtime.stopping import StopFlag
 
 from conftest import REPO, bin_path
-from test_edge import check_record
+from test_edge import FakeCap, check_record
 
 ASTRONAUT = REPO / "examples" / "astronaut.png"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @contextmanager
-def serving(*args, wait_frames: int = 1):
-    """Start `emo-edge serve ARGS --port 0`; yield (base URL, process); SIGTERM it afterwards."""
-    p = subprocess.Popen([bin_path("emo-edge"), "serve", *map(str, args), "--port", "0"], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+def serving(*args, wait_frames: int = 1, token: str = ""):
+    """Start `emo-edge serve ARGS --port 0 [--token TOKEN]`; yield (base URL, process) once it has
+    ``wait_frames`` frames (0: once it answers); SIGTERM it afterwards."""
+    p = subprocess.Popen([bin_path("emo-edge"), "serve", *map(str, args), "--port", "0", *(["--token", token] if token else [])],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    q = f"?token={token}" if token else ""
     try:
         line = p.stderr.readline()
+        p.head = [line]  # the lines up to "serving http" (communicate() does not see them)
         deadline = time.monotonic() + 30
         while "serving http" not in line and time.monotonic() < deadline and p.poll() is None:
             line = p.stderr.readline()
+            p.head.append(line)
         m = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
         assert m, line + (p.stderr.read() if p.poll() is not None else "")
         base = f"http://127.0.0.1:{m.group(1)}"
-        until(lambda: get(base + "/api/latest")[0] == 200 and get(base + "/api/status")[1]["frames"] >= wait_frames)
+        try:
+            if wait_frames:
+                until(lambda: get(base + "/api/latest" + q)[0] == 200 and get(base + "/api/status" + q)[1]["frames"] >= wait_frames)
+            else:
+                until(lambda: get(base + "/healthz")[0] in (200, 503))
+        except AssertionError:
+            p.kill()
+            raise AssertionError(f"serve did not get going: {p.communicate()[1][-2000:]}") from None
         yield base, p
     finally:
         if p.poll() is None:
@@ -97,6 +113,7 @@ def mjpeg_frames(url: str, n: int, timeout: float = 20) -> list[tuple[int, np.nd
     out, part = [], {}
     while len(out) < n:
         line = r.fp.readline()
+        assert line, f"the stream ended after {len(out)} of {n} frames"
         if b":" in line:
             k, v = line.split(b":", 1)
             part[k.strip().lower()] = v.strip()
@@ -108,6 +125,21 @@ def mjpeg_frames(url: str, n: int, timeout: float = 20) -> list[tuple[int, np.nd
     return out
 
 
+def first_event(base: str, timeout: float = 2) -> dict:
+    """The first record /api/events sends; then the client leaves."""
+    conn = http.client.HTTPConnection("127.0.0.1", int(base.rsplit(":", 1)[1]), timeout=timeout)
+    conn.request("GET", "/api/events")
+    r = conn.getresponse()
+    assert r.status == 200 and r.headers["Content-Type"] == "text/event-stream", r.status
+    line = r.fp.readline()
+    while not line.startswith(b"data: "):
+        assert line, "the event stream ended before its first record"
+        line = r.fp.readline()
+    r.close()
+    conn.close()
+    return json.loads(line[6:])
+
+
 def snapshot(base: str) -> tuple[int, np.ndarray]:
     """(X-Emo-Frame, image) of /snapshot.jpg."""
     with urllib.request.urlopen(base + "/snapshot.jpg", timeout=10) as r:
@@ -117,9 +149,9 @@ def snapshot(base: str) -> tuple[int, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def two_faces_video(tmp_path_factory, photos) -> Path:
-    """Two real faces side by side (two_people.jpg), drifting, 1000 frames at 10 fps. serve reads a
-    file as fast as it can (about 40 frames/s on 2 cores), so the clip must outlast the tests that
-    wait for new frames on a faster machine; they stop it with SIGTERM."""
+    """Two real faces side by side (two_people.jpg), drifting, 1000 frames at 10 fps: 100 s at its own
+    rate (serve's default), and with --fast (as fast as the machine can) still longer than the tests
+    that wait for new frames; they stop it with SIGTERM."""
     return make_test_video(photos / "two_people.jpg", tmp_path_factory.mktemp("serve") / "two.avi", frames=1000, fps=10)
 
 
@@ -269,6 +301,9 @@ def test_healthz_follows_the_source(astronaut_stream):
         try:
             until(lambda: get(base + "/healthz")[0] == 503, seconds=15)
             assert get(base + "/api/status")[1]["source_state"].startswith("reconnecting")
+            for _ in range(2):  # viewers who come while the camera is down get the held frame at once, each of them
+                t0 = time.monotonic()
+                assert len(mjpeg_frames(base + "/stream.mjpg", 1, timeout=2)) == 1 and time.monotonic() - t0 < 2
         finally:
             astronaut_stream.set_up(True)
         until(lambda: get(base + "/healthz")[0] == 200, seconds=30)
@@ -279,16 +314,95 @@ def test_healthz_follows_the_source(astronaut_stream):
 
 def test_sigterm_closes_cleanly_with_a_playable_save(two_faces_video, tmp_path):
     out = tmp_path / "served.avi"
-    with serving(two_faces_video, "--save", out, "--format", "json", wait_frames=10) as (base, p):
+    with serving(two_faces_video, "--save", out, "--format", "json", "--fast", wait_frames=10) as (base, p):
+        assert get(base + "/api/status")[1]["pace"] == "fast"
         mjpeg_frames(base + "/stream.mjpg", 1)
         p.send_signal(signal.SIGTERM)
         stdout, err = p.captured = p.communicate(timeout=20)
     assert p.returncode == 143, err
     recs = [json.loads(line) for line in stdout.splitlines() if line.strip()]
-    assert len(recs) >= 10 and "Traceback" not in err and "stopped by SIGTERM" in err
+    assert len(recs) >= 10 and "Traceback" not in err and "stopped by SIGTERM" in err and "as fast as possible" in "".join(p.head)
     cap = cv2.VideoCapture(str(out))
     assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == len(recs) and cap.read()[0]
     cap.release()
+
+
+def left(status: dict) -> bool:
+    """No MJPEG viewer and no streaming client of any kind is left."""
+    return status["viewers"] == 0 and status["streams"] == 0
+
+
+def test_a_late_viewer_gets_the_held_frame_at_once_and_its_slot_back():
+    """The image has ended before anyone watches: every viewer still gets its frame within 2 s, and
+    each one that leaves frees its streaming slot, even though no new frame ever comes."""
+    with serving(ASTRONAUT) as (base, p):
+        until(lambda: get(base + "/api/status")[1]["source_state"] == "ended")
+        frame = get(base + "/api/latest")[1]["frame"]
+        for _ in range(20):  # more page loads than there are streaming slots
+            assert get(base + "/")[0] == 200
+            t0 = time.monotonic()
+            assert mjpeg_frames(base + "/stream.mjpg", 1, timeout=2)[0][0] == frame
+            assert first_event(base)["frame"] == frame
+            assert time.monotonic() - t0 < 4
+            until(lambda: left(get(base + "/api/status")[1]), seconds=2, step=0.05)  # they left: noticed at once
+
+
+def test_a_video_file_plays_at_its_own_frame_rate(tmp_path):
+    slow = make_test_video(ASTRONAUT, tmp_path / "two-fps.avi", frames=100, fps=2)  # 50 s at its own rate
+    with serving(slow) as (base, p):
+        f0, t0 = get(base + "/api/latest")[1]["frame"], time.monotonic()
+        time.sleep(2)
+        f1, t1 = get(base + "/api/latest")[1]["frame"], time.monotonic()
+        assert f1 - f0 <= 2 * (t1 - t0) + 2, (f0, f1, t1 - t0)  # read as fast as it can, even a busy 2-core machine does 10+
+        assert get(base + "/api/status")[1]["pace"] == "realtime"
+    assert "at its own 2 fps" in "".join(p.head)
+
+
+@pytest.mark.skipif(os.path.exists("/dev/video9"), reason="this machine has a /dev/video9")
+def test_without_its_camera_serve_keeps_the_page_and_says_so():
+    with serving("camera9", wait_frames=0) as (base, p):
+        assert get(base + "/")[0] == 200
+        code, health = get(base + "/healthz")
+        assert code == 503 and health["status"] == "degraded" and health["source_state"] == "not found, retrying"
+        assert "/dev/video9" in health["source_error"]
+        st = get(base + "/api/status")[1]
+        assert not st["up"] and st["source"] == "camera9" and st["source_state"] == "not found, retrying"
+        t0 = time.monotonic()
+        assert mjpeg_frames(base + "/stream.mjpg", 1, timeout=2)[0][0] == -1  # a card that says so
+        assert time.monotonic() - t0 < 2 and get(base + "/api/latest")[0] == 503
+    assert p.returncode == 143 and "camera9: not found, retrying" in "".join(p.head) and "Traceback" not in p.captured[1]
+
+
+def test_a_stream_that_is_not_up_yet_is_waited_for(astronaut_stream):
+    astronaut_stream.set_up(False)
+    try:
+        with serving(astronaut_stream.url, wait_frames=0) as (base, p):
+            assert get(base + "/healthz")[1]["status"] == "degraded"
+            astronaut_stream.set_up(True)
+            until(lambda: get(base + "/api/latest")[0] == 200, seconds=20)
+            code, health = get(base + "/healthz")
+            assert code == 200 and health["status"] == "ok" and health["source_state"] == "up"
+    finally:
+        astronaut_stream.set_up(True)
+    assert "not found, retrying" in "".join(p.head) and "is here" in p.captured[1]
+
+
+def test_a_camera_that_appears_later_is_read(monkeypatch):
+    """The camera path, through VideoSource's injectable opener: two failed opens, then frames."""
+    monkeypatch.setattr(serve_source, "FIRST_DELAY", 0.01)
+    failures = iter(["camera0: no such camera", "camera0: busy"])
+
+    def open_camera():
+        why = next(failures, None)
+        if why:
+            raise EmoError(why)
+        return VideoSource(0, "camera0", live=True, reconnect=0, opener=lambda: FakeCap(3, 7))
+
+    src = serve_source.WaitingSource("camera0", open_camera, 10, StopFlag(), "camera0: no such camera")
+    assert src.state == "not found, retrying" and src.live
+    frames = list(itertools.islice(src, 3))
+    assert [int(f.image[0, 0, 0]) for f in frames] == [7, 7, 7] and src.state == "up" and src.error is None
+    src.close()
 
 
 def test_binding_beyond_loopback_warns_without_a_token():
