@@ -290,12 +290,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
 
 class HTTPServer(http.server.ThreadingHTTPServer):
-    """The standard threading server; a request that fails in an unforeseen way is one line on stderr."""
+    """The standard threading server. A client that resets or drops its connection (between
+    requests, say) is no error; a request that fails in an unforeseen way is one line on stderr."""
 
     daemon_threads = True
 
     def handle_error(self, request, client_address) -> None:
         e = sys.exc_info()[1]
+        if isinstance(e, (ConnectionError, TimeoutError)):
+            return
         print(f"emo-edge: warning: a request failed: {type(e).__name__}: {' '.join(str(e).split())[:200]}",
               file=sys.stderr, flush=True)
 
