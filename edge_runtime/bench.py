@@ -198,7 +198,7 @@ def pipeline_bench(video: Path, model: Optional[Path], detector: str, detector_m
                    max_frames: int = 0, detect_every: int = 1) -> dict:
     """Per-stage timing and end-to-end FPS of the real infer loop (decode, detect, crop,
     classify, track, JSON output to /dev/null)."""
-    from .outputs import JsonLinesWriter
+    from .sinks.outputs import JsonLinesWriter
     from .pipeline import run
     from .recognizer import Recognizer
     from .sources import open_source

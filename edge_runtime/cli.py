@@ -89,7 +89,7 @@ def serve(
     params = dict(locals())
     from .runner import JobOptions, run_job
     from .serve import ServeOptions, serve_sinks
-    from .serve_source import open_or_wait
+    from .serve.source import open_or_wait
 
     so = ServeOptions(**{k: params.pop(k) for k in ("host", "port", "token", "stream_fps", "stream_width", "jpeg_quality",
                                                     "health_timeout")})

@@ -14,12 +14,22 @@ from typing import Optional, Protocol
 
 import numpy as np
 
-from .outputs import annotate, frame_record
+from .draw import annotate
 from .recognizer import Face, Recognizer
 from .sources import Frame, ImageSource
 from .stopping import StopFlag
 
 OUTPUT_CLOSED = "output closed"  # stop reason when the reader of stdout goes away (`| head -1`)
+
+
+def frame_record(source: str, frame_index: int, timestamp: float, faces: list, timing: dict, name: str = "") -> dict:
+    """One JSON Lines object (schema: docs/infer.md)."""
+    rec = {"source": source, "frame": frame_index, "timestamp": round(timestamp, 4)}
+    if name:
+        rec["file"] = name
+    rec["faces"] = [f.to_dict() for f in faces]
+    rec["timing_ms"] = {k.removesuffix("_ms"): round(v, 3) for k, v in timing.items()}
+    return rec
 
 
 @dataclass

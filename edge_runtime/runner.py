@@ -74,14 +74,14 @@ def run_job(o: JobOptions, extra_sinks: Optional[Callable[[object, Recognizer, S
     """Run the loop for ``o``; returns the exit status (0, or 130/143 when stopped by a signal).
     ``extra_sinks(source, recognizer, stop, sinks so far)`` adds sinks; ``hold_at_end`` see pipeline.run;
     ``opener(o, stop)`` opens the source (default: sources.open_source)."""
-    from .outputs import JsonLinesWriter, TableWriter
-    from .saver import AnnotatedSaver
+    from .sinks.outputs import JsonLinesWriter, TableWriter
+    from .sinks.saver import AnnotatedSaver
     from .sources import open_source
 
     if o.output not in FORMATS:
         raise EmoError(f"--format must be one of {', '.join(FORMATS)}, not '{o.output}'")
     if o.mqtt:  # a bad broker URL or topic is refused before anything starts
-        from .topics import parse_url
+        from .sinks.topics import parse_url
         parse_url(o.mqtt)
     rec = o.recognizer()
     stop = StopFlag().install()
@@ -135,7 +135,7 @@ def _say_haar_fallback(o: JobOptions, rec: Recognizer) -> None:
 
 def _mqtt_sink(o: JobOptions, rec: Recognizer):
     from . import __version__
-    from .mqtt import MqttOptions, MqttSink
+    from .sinks.mqtt import MqttOptions, MqttSink
 
     return MqttSink(MqttOptions(o.mqtt, o.mqtt_interval, o.ha_discovery), rec.labels, {"emo_version": __version__})
 

@@ -632,7 +632,8 @@ def _ask(port: int, target: str, headers: dict) -> int:
 def test_any_query_parameter_gets_an_answer_not_a_traceback():
     """Every parameter of every endpoint (and a repeated or unknown one) with hostile values: a 2xx or
     4xx answer, never a traceback; every stream is freed once its client leaves."""
-    from emo.edge_runtime.serve_http import PARAMS, ROUTES
+    from emo.edge_runtime.serve.http import ROUTES
+    from emo.edge_runtime.serve.params import PARAMS
 
     from test_serve import get, serving, until
 

@@ -23,7 +23,7 @@ import pytest
 
 from emo.edge_runtime.bench import MjpegTestStream
 from emo.edge_runtime.labels import LABELS
-from emo.edge_runtime.mqtt import node_id
+from emo.edge_runtime.sinks.mqtt import node_id
 
 from conftest import REPO, bin_path, make_video
 from test_serve import get, until

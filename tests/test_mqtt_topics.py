@@ -14,10 +14,10 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from emo.edge_runtime import topics
+from emo.edge_runtime.sinks import topics
 from emo.edge_runtime.errors import EmoError
 from emo.edge_runtime.labels import LABELS
-from emo.edge_runtime.topics import LONGEST_TRACK, parse_url
+from emo.edge_runtime.sinks.topics import LONGEST_TRACK, parse_url
 
 from conftest import REPO, bin_path
 
@@ -77,7 +77,7 @@ def published_topics(url: str) -> list[str]:
     """Every topic a sink for ``url`` hands to paho over a short run: connect, discovery, a face that
     appears and leaves, state, offline."""
     paho = pytest.importorskip("paho.mqtt.client", reason="paho-mqtt not installed: pip install -e '.[dev]'")
-    from emo.edge_runtime.mqtt import MqttOptions, MqttSink
+    from emo.edge_runtime.sinks.mqtt import MqttOptions, MqttSink
 
     RecordingClient.topics = []
     with mock.patch.object(paho, "Client", RecordingClient):

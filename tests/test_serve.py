@@ -27,10 +27,10 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from emo.edge_runtime import serve_source
+from emo.edge_runtime.serve import source as serve_source
 from emo.edge_runtime.bench import MjpegTestStream, make_test_video
 from emo.edge_runtime.errors import EmoError
-from emo.edge_runtime.outputs import COLORS
+from emo.edge_runtime.draw import COLORS
 from emo.edge_runtime.labels import LABELS
 from emo.edge_runtime.sources import VideoSource
 from emo.edge_runtime.stopping import StopFlag

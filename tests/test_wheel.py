@@ -79,7 +79,7 @@ def test_wheel_holds_the_runtime_and_nothing_else(wheel):
     # every module and data file of the packages (a new subpackage not listed in pyproject.toml shows here)
     assert not _package_files() - names, f"missing from the wheel: {sorted(_package_files() - names)}"
     bundled = {f"emo/edge_runtime/models/emo_{m}.int8.onnx" for m in ("tiny", "default", "large")}
-    assert bundled <= names and "emo/edge_runtime/web/index.html" in names
+    assert bundled <= names and "emo/edge_runtime/serve/web/index.html" in names
     assert not [n for n in names if n.endswith((".pt", ".pth", ".ckpt")) or "conftest" in n or "/tests/" in n]
     meta = zipfile.ZipFile(wheel).read(f"{info}/METADATA").decode()
     assert f"Name: {DIST}\n" in meta and "License-Expression: Apache-2.0\n" in meta

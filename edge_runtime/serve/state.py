@@ -1,37 +1,23 @@
-"""`emo-edge serve`: the infer loop, plus a small HTTP server for a device without a screen.
+"""The state `emo-edge serve` keeps: the sink the loop feeds (:class:`LiveState`), its counters,
+and the JPEG encoder.
 
-The loop feeds one more sink, :class:`LiveState`. It keeps the latest frame record and counters
-and never blocks: a JPEG encoder thread draws and encodes the newest frame, at most
-``stream_fps`` times a second and only while someone watches, once for all viewers. Each HTTP
-client runs in its own thread and only ever takes the newest JPEG or record, so a slow viewer
-skips frames (counted) and a stalled one is dropped after a socket timeout; neither holds up
-the loop nor grows memory. A viewer who comes when no new frames do (the source ended or is
+LiveState keeps the latest frame record and counters and never blocks: a JPEG encoder thread
+draws and encodes the newest frame, at most ``stream_fps`` times a second and only while someone
+watches, once for all viewers. A viewer who comes when no new frames do (the source ended or is
 down) gets the held frame, or a card that says why there is none yet.
-
-Endpoints (see :mod:`.serve_http`): ``/`` (the page, every byte served from here), ``/stream.mjpg``,
-``/snapshot.jpg``, ``/api/latest``, ``/api/events`` (server-sent events), ``/api/status``,
-``/metrics`` (Prometheus text format, :mod:`.serve_metrics`) and ``/healthz``. With a token,
-everything but ``/healthz`` needs it.
 """
 from __future__ import annotations
 
-import ipaddress
-import sys
 import textwrap
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import cv2
 import numpy as np
 
-from .errors import EmoError
-from .serve_http import HTTPServer, make_handler
-from .serve_metrics import metrics_text
-
-PAGE = Path(__file__).parent / "web" / "index.html"
+from .metrics import metrics_text
 
 
 @dataclass
@@ -203,69 +189,3 @@ class LiveState:
 
     def metrics(self) -> str:
         return metrics_text(self)
-
-
-class Server:
-    """The HTTP server in background threads; ``close()`` ends the streams and the server."""
-
-    def __init__(self, state: LiveState, opts: ServeOptions):
-        self.state = state
-        try:
-            self.httpd = HTTPServer((opts.host, opts.port), make_handler(state, opts, PAGE.read_bytes()))
-        except OSError as e:
-            raise EmoError(f"cannot listen on {opts.host}:{opts.port} ({e.strerror}); pick another --port or --host") from None
-        self.port = self.httpd.server_address[1]
-        self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.2},
-                                        name="emo-http", daemon=True)
-        self._thread.start()
-
-    def write(self, result) -> None:
-        self.state.write(result)
-
-    def close(self) -> None:
-        self.state.close()
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def pace(src, realtime: bool) -> Optional[str]:
-    """How serve plays ``src``: "realtime" or "fast" for a video file, None for a camera, a stream or images."""
-    if src.live or not src.fps:
-        return None
-    return "realtime" if realtime else "fast"
-
-
-def serve_sinks(opts: ServeOptions, realtime: bool = True):
-    """``extra_sinks`` for runner.run_job: the LiveState + HTTP server, started once the source is open.
-    ``realtime``: whether the loop plays a video file at its own frame rate (said on stderr)."""
-
-    def make(src, rec, stop, sinks: list) -> list:
-        if not is_loopback(opts.host) and not opts.token:
-            print(f"emo-edge: warning: serving on {opts.host}:{opts.port} without --token; anyone on the network "
-                  "can see the camera", file=sys.stderr)
-        det = rec.face_detector
-        info = {"source": src.label, "model": rec.classifier.path.name, "model_arch": rec.classifier.meta.arch,
-                "precision": rec.classifier.meta.precision, "detector": det.name, "labels": list(rec.labels),
-                "pace": pace(src, realtime)}
-        state = LiveState(src, rec.labels, info, opts, [s.metrics for s in sinks if hasattr(s, "metrics")])
-        server = Server(state, opts)
-        if info["pace"] == "realtime":
-            print(f"emo-edge: playing {src.label} at its own {src.fps:g} fps, skipping frames if processing falls behind "
-                  "(--fast: every frame, as fast as possible)", file=sys.stderr, flush=True)
-        elif info["pace"] == "fast":
-            print(f"emo-edge: playing {src.label} as fast as possible, faster or slower than its own {src.fps:g} fps "
-                  "(without --fast: at its own rate)", file=sys.stderr, flush=True)
-        shown_host = f"[{opts.host}]" if ":" in opts.host else opts.host
-        print(f"emo-edge: serving http://{shown_host}:{server.port}/", file=sys.stderr, flush=True)
-        return [server]
-
-    return make

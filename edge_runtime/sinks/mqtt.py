@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Optional
 
-from .errors import EmoError
+from ..errors import EmoError
 from .topics import PASSWORD_ENV, BrokerAddress, check_topic, node_id, parse_url  # noqa: F401 (the API)
 
 LEAVE_AFTER = 1.0  # seconds (of the source's time) a track must be gone before its "leave" event

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Optional
 from urllib.parse import unquote, urlsplit
 
-from .errors import EmoError
+from ..errors import EmoError
 
 PASSWORD_ENV = "EMO_MQTT_PASSWORD"
 MAX_BYTES = 65535  # a topic is a length-prefixed UTF-8 string: 2 bytes of length

@@ -1,9 +1,7 @@
 """The HTTP side of `emo-edge serve`: routes, query parameters and the streaming endpoints.
 
 HTTP parsing is the standard library's (``http.server``); this module only routes exact paths.
-Every query parameter an endpoint reads is declared in :data:`PARAMS` and read by
-:func:`read_params`, which answers 400 with one line for a value it cannot take (never a
-traceback); parameters no endpoint reads are ignored.
+Query parameters are read by :mod:`.params` (400 with one line for a value an endpoint cannot take).
 
 A streaming client (``/stream.mjpg``, ``/api/events``) gets the newest frame or record at once:
 the held one when the source has ended or is down, or a card saying why there is none yet. While
@@ -16,19 +14,23 @@ from __future__ import annotations
 import hmac
 import http.server
 import json
-import re
 import select
 import socket
 import sys
+import threading
 import time
-from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
-from urllib.parse import parse_qsl
+
+from ..errors import EmoError
+from .params import PARAMS, TOKEN, BadRequest, read_params
+from .state import LiveState, ServeOptions
+
+PAGE = Path(__file__).parent / "web" / "index.html"
 
 FRAME_HEADER = "X-Emo-Frame"  # on /snapshot.jpg and each MJPEG part: the "frame" of the record the image shows
 TICK = 0.1  # seconds between checks that an idle streaming client is still there
 KEEPALIVE = 1.0  # seconds without data after which a streaming client gets a keep-alive
-MAX_FIELDS = 100  # query fields per request
 STREAM_SNDBUF = 256 * 1024  # send buffer of a streaming client: a few frames, so a stall shows (and old frames don't pile up)
 
 ROUTES = {"/": "page", "/index.html": "page", "/stream.mjpg": "mjpeg", "/snapshot.jpg": "snapshot",
@@ -36,67 +38,8 @@ ROUTES = {"/": "page", "/index.html": "page", "/stream.mjpg": "mjpeg", "/snapsho
           "/healthz": "healthz"}
 
 
-@dataclass(frozen=True)
-class Param:
-    """One query parameter: a number from ``lo`` to ``hi``, one of ``choices``, or text."""
-
-    what: str  # a good value, as the 400 line says it
-    default: object = None
-    lo: Optional[float] = None
-    hi: Optional[float] = None
-    choices: tuple = ()
-    max_len: int = 256
-
-
-TOKEN = Param("the server's token", "", max_len=1024)
-PARAMS = {
-    "page": {"video": Param("mjpeg, snapshot or off", "mjpeg", choices=("mjpeg", "snapshot", "off"))},
-    "events": {"rate": Param("a number of events per second from 0 (every frame) to 1000", 0.0, lo=0.0, hi=1000.0)},
-    "snapshot": {"t": Param("short text (a cache-buster)", "", max_len=64)},
-}
-NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d{1,3})?")
-
-
-class BadRequest(Exception):
-    """A query the endpoint cannot take; the message is the one-line 400 answer."""
-
-
 class ClientLeft(Exception):
     """A streaming client closed its connection."""
-
-
-def read_params(query: str, spec: dict) -> dict:
-    """The values of the parameters in ``spec`` (their defaults when absent); BadRequest when one is
-    repeated, malformed or out of range."""
-    try:
-        pairs = parse_qsl(query, keep_blank_values=True, errors="replace", max_num_fields=MAX_FIELDS)
-    except ValueError:
-        raise BadRequest(f"too many query parameters (at most {MAX_FIELDS})") from None
-    given: dict = {}
-    for k, v in pairs:
-        if k in spec:
-            if k in given:
-                raise BadRequest(f"{k} is given more than once")
-            given[k] = v
-    return {k: _value(k, given[k], p) if k in given else p.default for k, p in spec.items()}
-
-
-def _value(name: str, raw: str, p: Param):
-    bad = BadRequest(f"{name} must be {p.what}, not {ascii(raw[:40])}{'...' if len(raw) > 40 else ''}")
-    if p.lo is not None:
-        if len(raw) > 40 or not NUMBER.fullmatch(raw):
-            raise bad
-        x = float(raw)
-        if not p.lo <= x <= p.hi:
-            raise bad
-        return x
-    if p.choices:
-        if raw not in p.choices:
-            raise bad
-        return raw
-    if len(raw) > p.max_len:
-        raise BadRequest(f"{name} is longer than {p.max_len} characters")
-    return raw
 
 
 def client_gone(sock: socket.socket) -> bool:
@@ -307,3 +250,26 @@ def make_handler(state, opts, page_html: bytes) -> type:
     """The request handler class, bound to one LiveState; the socket timeout drops stalled clients."""
     return type("BoundHandler", (Handler,), {"state": state, "opts": opts, "page_html": page_html,
                                              "timeout": opts.client_timeout})
+
+
+class Server:
+    """The HTTP server in background threads; ``close()`` ends the streams and the server."""
+
+    def __init__(self, state: LiveState, opts: ServeOptions):
+        self.state = state
+        try:
+            self.httpd = HTTPServer((opts.host, opts.port), make_handler(state, opts, PAGE.read_bytes()))
+        except OSError as e:
+            raise EmoError(f"cannot listen on {opts.host}:{opts.port} ({e.strerror}); pick another --port or --host") from None
+        self.port = self.httpd.server_address[1]
+        self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.2},
+                                        name="emo-http", daemon=True)
+        self._thread.start()
+
+    def write(self, result) -> None:
+        self.state.write(result)
+
+    def close(self) -> None:
+        self.state.close()
+        self.httpd.shutdown()
+        self.httpd.server_close()

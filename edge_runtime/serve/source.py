@@ -13,9 +13,9 @@ import importlib.util
 import re
 from typing import Callable, Iterator, Optional
 
-from .errors import EmoError
-from .sources import STREAM_SCHEMES, Frame, open_source, warn
-from .stopping import StopFlag
+from ..errors import EmoError
+from ..sources import STREAM_SCHEMES, Frame, open_source, warn
+from ..stopping import StopFlag
 
 FIRST_DELAY, MAX_DELAY = 0.5, 5.0  # seconds between attempts to open: doubling up to MAX_DELAY
 

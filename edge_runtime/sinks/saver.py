@@ -15,8 +15,8 @@ from typing import Optional, Sequence
 import cv2
 import numpy as np
 
-from .errors import EmoError
-from .files import IMAGE_EXTS, VIDEO_EXTS, atomic_write_bytes, check_writable_dir, exists, opencv_dir, same_file, shown
+from ..errors import EmoError
+from ..files import IMAGE_EXTS, VIDEO_EXTS, atomic_write_bytes, check_writable_dir, exists, opencv_dir, same_file, shown
 
 VIDEO_CODECS = {".avi": "MJPG", ".mp4": "mp4v", ".mkv": "MJPG"}  # containers OpenCV's FFmpeg writes everywhere
 
