@@ -87,13 +87,12 @@ def serve(
     A file source that ends (an image, a video) stays on the page until Ctrl-C or SIGTERM. A camera
     or stream that is not there yet is retried with backoff while the page says so."""
     params = dict(locals())
-    from .runner import JobOptions, run_job
-    from .serve import ServeOptions, serve_sinks
-    from .serve.source import open_or_wait
+    from .runner import JobOptions
+    from .serve import ServeOptions, run_serve
 
     so = ServeOptions(**{k: params.pop(k) for k in ("host", "port", "token", "stream_fps", "stream_width", "jpeg_quality",
                                                     "health_timeout")})
-    code = run_job(JobOptions(**params), serve_sinks(so, realtime), hold_at_end=True, opener=open_or_wait)
+    code = run_serve(JobOptions(**params), so)
     if code:
         raise typer.Exit(code)
 

@@ -1,22 +1,23 @@
 """The frame loop: source -> recognizer -> sinks, with clean stops on SIGINT/SIGTERM.
 
-Every way of consuming results (JSON Lines, the live table, the annotated video, benchmarks) is
-a sink: an object with ``write(result)`` and ``close()`` that the one loop feeds. A sink gets a
-:class:`FrameResult`: the frame, its faces, the JSON Lines record, and the annotated image
-(drawn on first use, once per frame, whoever asks).
+Every way of consuming results (JSON Lines, the live table, the annotated video, serve, MQTT,
+analyze, benchmarks) is a :class:`Sink`: an object with ``write(result)`` and ``close()`` that the
+one loop feeds. A sink gets a :class:`FrameResult`: the frame, its faces, the JSON Lines record,
+and the annotated image (drawn on first use, once per frame, whoever asks). A sink that counts
+something for ``/metrics`` is also :class:`Metered`. The source is a :class:`~.frames.Source`;
+the loop knows no sink and no command by name.
 """
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass, field
-from typing import Optional, Protocol
+from typing import Optional, Protocol, Sequence
 
 import numpy as np
 
 from .draw import annotate
 from .recognizer import Face, Recognizer
-from .sources import Frame, ImageSource
+from .frames import Frame, Source
 from .stopping import StopFlag
 
 OUTPUT_CLOSED = "output closed"  # stop reason when the reader of stdout goes away (`| head -1`)
@@ -49,9 +50,20 @@ class FrameResult:
 
 
 class Sink(Protocol):
+    """What the loop feeds: ``write`` once per frame (it must not block the loop), ``close`` at the end."""
+
     def write(self, result: FrameResult) -> None: ...
 
     def close(self) -> None: ...
+
+
+MetricRow = tuple  # (name, "counter" or "gauge", help text, [(labels such as '{reason="x"}', value), ...])
+
+
+class Metered(Protocol):
+    """A sink that also has counters for serve's ``/metrics`` (the MQTT sink: messages sent, dropped)."""
+
+    def metrics(self) -> list[MetricRow]: ...
 
 
 @dataclass
@@ -88,18 +100,16 @@ class Pacer:
         return True
 
 
-def run(source, label: str, rec: Recognizer, sinks: list, max_frames: int = 0, duration: float = 0,
-        stop: Optional[StopFlag] = None, hold_at_end: bool = False, realtime: bool = False) -> Summary:
+def run(source: Source, label: str, rec: Recognizer, sinks: Sequence[Sink], max_frames: int = 0, duration: float = 0,
+        stop: Optional[StopFlag] = None, realtime: bool = False) -> Summary:
     """Process frames until the source ends, a limit is hit or a stop is asked for.
 
     Sinks are closed (and the source too) however the loop ends; a reader that closes stdout
-    stops the loop with ``stopped_by == OUTPUT_CLOSED``. With ``hold_at_end``, a source that
-    ends leaves the sinks open with its last frame until a stop is asked for (serve). With
-    ``realtime``, a video file plays at its own frame rate (see :class:`Pacer`)."""
+    stops the loop with ``stopped_by == OUTPUT_CLOSED``. With ``realtime``, a video file plays at
+    its own frame rate (see :class:`Pacer`)."""
     stop = stop or StopFlag()
     summary, t_start = Summary(), time.monotonic()
     it = iter(source)
-    per_image = isinstance(source, ImageSource)  # unrelated images: no tracking across them
     pacer = Pacer(source.fps, stop) if realtime and not source.live and source.fps else None
     try:
         while stop.reason is None:
@@ -108,21 +118,16 @@ def run(source, label: str, rec: Recognizer, sinks: list, max_frames: int = 0, d
             t0 = time.perf_counter()
             frame = next(it, None)
             if frame is None:
-                if hold_at_end and stop.reason is None:
-                    late = f" ({summary.late} skipped to keep its frame rate)" if summary.late else ""
-                    print(f"emo-edge: {label} ended after {summary.frames} frames{late}; still serving the last one "
-                          "(Ctrl-C to stop)", file=sys.stderr, flush=True)
-                    while not stop.wait(0.5):
-                        pass
                 break
             decode_ms = (time.perf_counter() - t0) * 1e3
             if pacer is not None and not pacer.due(frame):
                 summary.late += 1
                 continue
-            if per_image:
+            if source.stills:  # unrelated images: no tracking across them
                 rec.reset()
-            faces = rec.process(frame.image)
-            record = frame_record(label, frame.index, frame.timestamp, faces, {"decode_ms": decode_ms, **rec.timings}, frame.name)
+            done = rec.process_timed(frame.image)
+            faces = done.faces
+            record = frame_record(label, frame.index, frame.timestamp, faces, {"decode_ms": decode_ms, **done.timings}, frame.name)
             if summary.frames == 0:  # say once which detector runs (auto may pick either)
                 record["detector"] = rec.face_detector.name
             result = FrameResult(frame, faces, record, rec.labels)
@@ -143,7 +148,7 @@ def run(source, label: str, rec: Recognizer, sinks: list, max_frames: int = 0, d
     return summary
 
 
-def _close_all(sinks: list) -> None:
+def _close_all(sinks: Sequence[Sink]) -> None:
     """Close every sink even if one fails; the first failure is raised afterwards."""
     first: Optional[BaseException] = None
     for sink in sinks:

@@ -1,4 +1,5 @@
-"""The Python API: ``Recognizer(model).process(frame)`` -> a list of :class:`Face`.
+"""The Python API: ``Recognizer(model).process(frame)`` -> a list of :class:`Face`
+(``process_timed(frame)``: the faces and the time each step took, as the frame loop reports them).
 
 Steps per frame: detect faces (every ``detect_every`` frames; between detections the tracked
 boxes are reused), crop and normalise all faces, classify them as one batch, then match them to
@@ -47,6 +48,14 @@ class Face:
 
 
 @dataclass
+class Processed:
+    """What :meth:`Recognizer.process_timed` returns: the faces, and milliseconds per step."""
+
+    faces: list[Face]
+    timings: dict[str, float]  # detect_ms, preprocess_ms, classify_ms, track_ms
+
+
+@dataclass
 class Recognizer:
     """Faces and their emotions in BGR frames.
 
@@ -64,7 +73,6 @@ class Recognizer:
     smooth: float = 0.0
     detect_max_side: int | None = None
     align: bool = True  # turn faces upright by their eye line, where the detector sees the eyes (YuNet)
-    timings: dict = field(default_factory=dict, init=False)
 
     def __post_init__(self):
         self.classifier = Classifier(self.model, threads=self.threads, spin=self.spin)
@@ -82,11 +90,15 @@ class Recognizer:
 
     def process(self, frame: np.ndarray) -> list[Face]:
         """Faces in one frame (see the module docstring for what ``frame`` may be)."""
+        return self.process_timed(frame).faces
+
+    def process_timed(self, frame: np.ndarray) -> Processed:
+        """Faces in one frame, and how long each step took (what the frame loop reports)."""
         check_frame(frame)
         with self._lock:
             return self._process(frame)
 
-    def _process(self, frame: np.ndarray) -> list[Face]:
+    def _process(self, frame: np.ndarray) -> Processed:
         t0 = time.perf_counter()
         gray = to_gray(frame)
         if self._n % max(1, self.detect_every) == 0:
@@ -108,9 +120,8 @@ class Recognizer:
             p = tr.scores
             pct = {name: round(float(v) * 100, 2) for name, v in zip(self.labels, p)}
             faces.append(Face(tuple(int(v) for v in box), tr.id, self.labels[int(np.argmax(p))], pct, tr.look))
-        self.timings = {"detect_ms": (t1 - t0) * 1e3, "preprocess_ms": (t2 - t1) * 1e3,
-                        "classify_ms": (t3 - t2) * 1e3, "track_ms": (time.perf_counter() - t3) * 1e3}
-        return faces
+        return Processed(faces, {"detect_ms": (t1 - t0) * 1e3, "preprocess_ms": (t2 - t1) * 1e3,
+                                 "classify_ms": (t3 - t2) * 1e3, "track_ms": (time.perf_counter() - t3) * 1e3})
 
 
 def check_frame(frame) -> None:

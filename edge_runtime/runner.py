@@ -1,8 +1,9 @@
 """What `emo-edge infer` and `emo-edge serve` do around the frame loop: check the options, open
 the recognizer, the source and the sinks, run the loop with signal handling, and report.
 
-Both commands go through :func:`run_job`; serve only adds sinks (its HTTP server) through
-``extra_sinks``. The loop itself is :func:`emo.edge_runtime.pipeline.run`.
+Both commands go through :func:`run_job`; serve only opens its source its own way (``opener``)
+and adds sinks (its HTTP server) through ``extra_sinks``. The loop itself is
+:func:`emo.edge_runtime.pipeline.run`.
 """
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from .errors import EmoError
-from .pipeline import OUTPUT_CLOSED, Summary, run
+from .frames import Source
+from .pipeline import OUTPUT_CLOSED, Metered, Sink, Summary, run
 from .recognizer import Recognizer
 from .stopping import StopFlag
 
@@ -69,11 +71,17 @@ def usable_threads(threads: int) -> int:
     return threads
 
 
-def run_job(o: JobOptions, extra_sinks: Optional[Callable[[object, Recognizer, StopFlag, list], list]] = None,
-            hold_at_end: bool = False, opener: Optional[Callable[[JobOptions, StopFlag], object]] = None) -> int:
+ExtraSinks = Callable[[Source, Recognizer, StopFlag, list[Metered]], list[Sink]]  # serve: its HTTP server
+Opener = Callable[[JobOptions, StopFlag], Source]
+
+
+def run_job(o: JobOptions, extra_sinks: Optional[ExtraSinks] = None, opener: Optional[Opener] = None,
+            endless: bool = False) -> int:
     """Run the loop for ``o``; returns the exit status (0, or 130/143 when stopped by a signal).
-    ``extra_sinks(source, recognizer, stop, sinks so far)`` adds sinks; ``hold_at_end`` see pipeline.run;
-    ``opener(o, stop)`` opens the source (default: sources.open_source)."""
+    ``extra_sinks(source, recognizer, stop, metered)`` adds sinks (``metered``: the sinks so far that
+    have counters for /metrics); ``opener(o, stop)`` opens the source (default: sources.open_source);
+    ``endless``: the job runs until stopped, whatever the source (serve), so what would be said at
+    the end is said at the start."""
     from .sinks.outputs import JsonLinesWriter, TableWriter
     from .sinks.saver import AnnotatedSaver
     from .sources import open_source
@@ -91,28 +99,31 @@ def run_job(o: JobOptions, extra_sinks: Optional[Callable[[object, Recognizer, S
             src = opener(o, stop)
         else:
             src = open_source(o.source, o.width, o.height, o.fps, o.reconnect, stop=stop, timeout=o.timeout)
-        sinks: list = []
+        sinks: list[Sink] = []
+        metered: list[Metered] = []
         try:
             if o.save:
-                saver = AnnotatedSaver(o.save, len(getattr(src, "paths", ())) == 1, src.fps, _input_files(src))
+                saver = AnnotatedSaver(o.save, src.stills and len(src.files) == 1, src.fps, src.files)
                 sinks.append(saver)
             table = o.output == "table" or (o.output == "auto" and sys.stdout.isatty())
             if table:
-                sinks.append(TableWriter(rec.labels, live=getattr(src, "live", False)))
+                sinks.append(TableWriter(rec.labels, live=src.live))
             elif o.output != "none":
                 sinks.append(JsonLinesWriter(sys.stdout))
             if o.mqtt:
-                sinks.append(_mqtt_sink(o, rec))
+                mqtt = _mqtt_sink(o, rec)
+                sinks.append(mqtt)
+                metered.append(mqtt)
             if extra_sinks is not None:
-                sinks.extend(extra_sinks(src, rec, stop, list(sinks)))
+                sinks.extend(extra_sinks(src, rec, stop, metered))
         except BaseException:
             for s in (*sinks, src):
                 s.close()
             raise
-        endless = hold_at_end or getattr(src, "live", False)
+        endless = endless or src.live
         if endless:  # a run that may go on for ever says it now; one over files when it is done
             _say_haar_fallback(o, rec)
-        summary = run(src, src.label, rec, sinks, o.max_frames, o.duration, stop, hold_at_end, o.realtime)
+        summary = run(src, src.label, rec, sinks, o.max_frames, o.duration, stop, o.realtime)
     except EmoError as e:
         if not stop.reason:
             raise
@@ -151,14 +162,6 @@ def _report(summary: Summary, saver, save: Optional[str], stop: StopFlag) -> int
     if summary.stopped_by and summary.stopped_by != OUTPUT_CLOSED:
         return stop.exit_code or 1
     return 0
-
-
-def _input_files(src) -> list:
-    """The files a source reads, so that --save can refuse to overwrite them."""
-    if hasattr(src, "paths"):
-        return list(src.paths)
-    target = getattr(src, "target", None)
-    return [target] if isinstance(target, Path) else []
 
 
 def _silence_stdout() -> None:

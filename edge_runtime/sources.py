@@ -1,54 +1,46 @@
 """Frame sources: cameras (V4L2 via OpenCV, picamera2), video files, stream URLs, images,
-folders and globs. Every source yields :class:`Frame` objects and is closed with ``close()``.
+folders and globs. Every source is a :class:`Source`: it yields :class:`Frame` objects, is closed
+with ``close()`` and says what it is (label, live, stills, fps, size, files, state, reconnects,
+error), so callers read those attributes and never probe for them.
 
 A source knows whether it is live (a camera, a live stream) or finite (a file, a recording
 served over http). A finite source ends; a live source that drops out is reopened with
-exponential backoff. Whatever may block (opening a stream, reading a frame from it, the backoff
-between reopen attempts) is bounded by a timeout and cut short by the stop flag, so SIGINT and
-SIGTERM always stop the program within a fraction of a second.
+exponential backoff (:mod:`.capture`). :func:`open_source` turns a SOURCE string into a source;
+:func:`open_or_wait` (serve) waits for a camera or stream that is not there yet.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import sys
-import threading
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
-import cv2
 import numpy as np
 
+from .capture import DEFAULT_TIMEOUT, PicameraSource, VideoSource
 from .errors import EmoError
-from .files import IMAGE_EXTS, VIDEO_EXTS, check_file, exists, is_dir, opencv_name, read_image, shown
+from .files import IMAGE_EXTS, VIDEO_EXTS, check_file, exists, is_dir, read_image, shown
+from .frames import Frame, Source, warn
 from .stopping import StopFlag
 
+__all__ = ["DEFAULT_TIMEOUT", "STREAM_SCHEMES", "Frame", "ImageSource", "PicameraSource", "Source", "VideoSource",
+           "WaitingSource", "glob_images", "open_or_wait", "open_source", "warn"]
+
 STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp")
-DEFAULT_TIMEOUT = 10.0  # seconds a stream may take to open or to deliver a frame
-
-
-def warn(msg: str) -> None:
-    print(f"emo-edge: warning: {msg}", file=sys.stderr, flush=True)
-
-
-@dataclass
-class Frame:
-    image: np.ndarray  # BGR uint8
-    index: int
-    timestamp: float  # seconds: position in a video, or since the source opened
-    name: str = ""  # file name for image sources, printable (see files.shown)
+FIRST_DELAY, MAX_DELAY = 0.5, 5.0  # seconds between attempts to open a source that is not there yet
 
 
 class ImageSource:
     """One image, a folder of images, or a glob. Unreadable files in a folder are skipped with a
     warning each and a count at the end; a single image that cannot be read is an error."""
 
-    live = False
+    live, stills, reconnects, error = False, True, 0, None
 
     def __init__(self, paths: list[Path], label: str, strict: bool, first: Optional[np.ndarray] = None):
         self.paths, self.label, self.strict = paths, label, strict
+        self.files = paths
         self._first = first  # the first file, already decoded (a single image is checked when opened)
         self.state = "up"  # "ended" once every file was read
         self.fps = 0.0
@@ -73,227 +65,6 @@ class ImageSource:
 
     def close(self) -> None:
         pass
-
-
-class _Stopped(Exception):
-    """A blocking call was abandoned because a stop was asked for."""
-
-
-class VideoSource:
-    """A video file, a stream URL or a V4L2 camera through ``cv2.VideoCapture``.
-
-    ``live`` is what the caller knows up front (cameras are live, files are not); for a URL it is
-    decided once the stream is open: a stream that reports a frame count is a finite recording.
-    ``opener`` returns an opened capture; tests inject fakes through it."""
-
-    def __init__(self, target, label: str, live: bool, width: int = 0, height: int = 0, fps: float = 0,
-                 reconnect: int = 10, opener: Optional[Callable[[], "cv2.VideoCapture"]] = None,
-                 stop: Optional[StopFlag] = None, timeout: float = DEFAULT_TIMEOUT, stride: int = 1):
-        self.target, self.label, self.live = target, label, live
-        self.stride = max(1, int(stride))  # yield every stride-th frame; the others are only grabbed
-        self.req = (width, height, fps)
-        self.reconnect, self.timeout = reconnect, timeout
-        self.stop = stop or StopFlag()
-        self.opener = opener or self._open
-        self.is_url = isinstance(target, str) and "://" in target
-        # Streams and cameras can block inside C code, where signals wait: they are called from a thread.
-        self._threaded = live or self.is_url
-        self._inflight = threading.Event()
-        self._inflight.set()
-        self.cap = None
-        try:
-            self.cap = self._blocking(self.opener, "open")
-        except _Stopped:
-            self.cap = None
-        if self.cap is None or not self.cap.isOpened():
-            if self.stop.reason:
-                raise EmoError(f"{label}: stopped by {self.stop.reason} while opening")
-            raise EmoError(self._open_error())
-        self.fps = float(self.cap.get(cv2.CAP_PROP_FPS) or 0.0)
-        if not (0 < self.fps < 1000):
-            self.fps = 0.0
-        if self.is_url:
-            self.live = not (self.cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0) > 0
-        w, h = int(self.cap.get(cv2.CAP_PROP_FRAME_WIDTH) or 0), int(self.cap.get(cv2.CAP_PROP_FRAME_HEIGHT) or 0)
-        self.size = (w, h) if w and h else None
-        self.reconnects = 0
-        self.state = "up"  # "reconnecting (attempt n/N)" or "ended": shown by emo-edge serve
-
-    def _blocking(self, fn: Callable, what: str):
-        """Run ``fn`` in a daemon thread while this thread waits where a signal can interrupt it;
-        give up after the timeout. An abandoned call is left to finish (or to die with the
-        process); its capture is then never released under it."""
-        if not self._threaded:
-            return fn()
-        box: dict = {}
-        done = threading.Event()
-
-        def call():
-            try:
-                box["value"] = fn()
-            except BaseException as e:  # noqa: BLE001 - handed to the waiting thread
-                box["error"] = e
-            finally:
-                done.set()
-
-        self._inflight = done
-        threading.Thread(target=call, name="emo-capture", daemon=True).start()
-        deadline = time.monotonic() + self.timeout + 2.0  # FFmpeg's own timeout fires first
-        while not done.wait(0.1):
-            if self.stop.reason:
-                raise _Stopped
-            if time.monotonic() > deadline:
-                raise EmoError(f"{self.label}: no answer within {self.timeout:g} s ({what}); check the URL, "
-                               "the network and the server, or raise --timeout")
-        if "error" in box:
-            raise box["error"]
-        return box["value"]
-
-    def _open_error(self) -> str:
-        if self._is_camera():
-            return (f"{self.label}: no such camera, or it is busy; check `ls /dev/video*`, that no other program "
-                    f"uses it, and that you are in the 'video' group")
-        if self.is_url:
-            return (f"{self.label}: cannot open the stream, or no answer within {self.timeout:g} s; check the URL, "
-                    "the network and that the server is up")
-        return f"{self.label} is not a video OpenCV can decode (corrupt or unsupported format)"
-
-    def _is_camera(self) -> bool:
-        return isinstance(self.target, int) or str(self.target).startswith("/dev/video")
-
-    def _open(self):
-        if self._is_camera():
-            cap = cv2.VideoCapture(self.target, cv2.CAP_V4L2) if sys.platform.startswith("linux") else cv2.VideoCapture(self.target)
-        elif self.is_url:
-            ms = int(self.timeout * 1000)
-            cap = cv2.VideoCapture(self.target, cv2.CAP_FFMPEG,
-                                   [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms])
-        else:
-            with opencv_name(self.target) as name:
-                cap = cv2.VideoCapture(name)
-        w, h, fps = self.req
-        if cap.isOpened() and self._is_camera():
-            if w:
-                cap.set(cv2.CAP_PROP_FRAME_WIDTH, w)
-            if h:
-                cap.set(cv2.CAP_PROP_FRAME_HEIGHT, h)
-            if fps:
-                cap.set(cv2.CAP_PROP_FPS, fps)
-            cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)
-        return cap
-
-    def _read(self):
-        try:
-            return self._blocking(self.cap.read, "read")
-        except EmoError:
-            if self.live:  # a live source that stalls is treated as a drop-out
-                return False, None
-            raise
-
-    def _reopen(self) -> Optional[np.ndarray]:
-        """Reopen a live source that dropped out; the first new frame, or None (gave up or stopped)."""
-        delay = 0.5
-        for attempt in range(1, self.reconnect + 1):
-            warn(f"{self.label} dropped out; reopening (attempt {attempt}/{self.reconnect}) in {delay:.1f}s")
-            self.state = f"reconnecting (attempt {attempt}/{self.reconnect})"
-            if self.stop.wait(delay):
-                return None
-            self.release()
-            try:
-                self.cap = self._blocking(self.opener, "reopen")
-                if self.cap is not None and self.cap.isOpened():
-                    ok, img = self._read()
-                    if ok and img is not None:
-                        warn(f"{self.label} is back")
-                        self.state = "up"
-                        self.reconnects += 1
-                        return img
-            except _Stopped:
-                return None
-            except EmoError:
-                pass
-            delay = min(delay * 2, 8.0)
-        return None
-
-    def __iter__(self) -> Iterator[Frame]:
-        i, t0 = 0, time.monotonic()
-        while not self.stop.reason:
-            try:
-                ok, img = self._read()
-            except _Stopped:
-                return
-            if not ok or img is None:
-                if not self.live:
-                    if i == 0:
-                        raise EmoError(f"{self.label} has no frames OpenCV can decode (empty or corrupt video)")
-                    self.state = "ended"
-                    return  # a video file that ends
-                img = self._reopen() if self.reconnect > 0 else None
-                if img is None:
-                    if self.stop.reason:
-                        return
-                    raise EmoError(f"{self.label} stopped delivering frames and could not be reopened; check the camera or stream")
-            ts = time.monotonic() - t0 if (self.live or not self.fps) else i / self.fps
-            yield Frame(img, i, ts)
-            i += 1
-            for _ in range(self.stride - 1):  # frame indices, and so timestamps, stay those of the source
-                try:
-                    if not self._blocking(self.cap.grab, "read"):
-                        break
-                except _Stopped:
-                    return
-                i += 1
-
-    def release(self) -> None:
-        cap, self.cap = self.cap, None
-        if cap is not None and self._inflight.is_set():  # never under a read that is still running
-            try:
-                cap.release()
-            except Exception:  # noqa: BLE001 - a capture that cannot even close is gone already
-                pass
-
-    def close(self) -> None:
-        self.release()
-
-
-class PicameraSource:
-    """Raspberry Pi camera through picamera2 (Raspberry Pi OS: ``sudo apt install python3-picamera2``)."""
-
-    live = True
-
-    def __init__(self, index: int, width: int = 0, height: int = 0, fps: float = 0, stop: Optional[StopFlag] = None):
-        try:
-            from picamera2 import Picamera2  # type: ignore
-        except ImportError:
-            raise EmoError(
-                f"picam{index} needs picamera2, which is not importable here; on Raspberry Pi OS run "
-                "`sudo apt install python3-picamera2` and create the venv with --system-site-packages, or use camera0 (V4L2)"
-            ) from None
-        try:
-            self.cam = Picamera2(index)
-            cfg = self.cam.create_video_configuration(main={"size": (width or 640, height or 480), "format": "RGB888"})
-            if fps:
-                cfg["controls"] = {"FrameRate": float(fps)}
-            self.cam.configure(cfg)
-            self.cam.start()
-        except Exception as e:  # noqa: BLE001 - picamera2 raises many types; all mean "camera not usable"
-            raise EmoError(f"picam{index} could not be started ({str(e).splitlines()[0][:100]}); check the ribbon cable and `rpicam-hello`") from None
-        self.label, self.fps, self.size = f"picam{index}", float(fps or 0), (width or 640, height or 480)
-        self.stop = stop or StopFlag()
-
-    def __iter__(self) -> Iterator[Frame]:
-        i, t0 = 0, time.monotonic()
-        while not self.stop.reason:
-            img = self.cam.capture_array("main")  # RGB888 in picamera2 is BGR byte order
-            yield Frame(np.ascontiguousarray(img[:, :, :3]), i, time.monotonic() - t0)
-            i += 1
-
-    def close(self) -> None:
-        try:
-            self.cam.stop()
-            self.cam.close()
-        except Exception:  # noqa: BLE001
-            pass
 
 
 def glob_images(pattern: str) -> list[Path]:
@@ -366,3 +137,87 @@ def open_source(source: str, width: int = 0, height: int = 0, fps: float = 0, re
         return VideoSource(p, label, False, stop=stop)
     except EmoError:
         raise EmoError(f"{label} is neither an image nor a video OpenCV can decode") from None
+
+
+def may_appear(source: str) -> bool:
+    """Whether ``source`` is something that can appear later: a camera, or a stream that may come up."""
+    if re.fullmatch(r"camera\d+|/dev/video\d+", source):
+        return True
+    if re.fullmatch(r"picam\d+", source):
+        return importlib.util.find_spec("picamera2") is not None
+    m = re.match(r"([a-zA-Z][a-zA-Z0-9+.-]*)://", source)
+    return bool(m) and m.group(1).lower() in STREAM_SCHEMES
+
+
+class WaitingSource:
+    """A live source that could not be opened yet: opened again with backoff (up to ``attempts``
+    times, cut short by the stop flag) until it appears, then read like any other."""
+
+    live, stills = True, False
+
+    def __init__(self, label: str, open_fn: Callable[[], Source], attempts: int, stop: StopFlag, error: str):
+        self.label, self._open_fn, self.attempts, self.stop = label, open_fn, attempts, stop
+        self.error: Optional[str] = error  # why the last attempt failed; None once open
+        self.inner: Optional[Source] = None
+        self.fps, self.size, self.files = 0.0, None, []
+        warn(f"{label}: not found, retrying ({error})")
+
+    @property
+    def state(self) -> str:
+        return self.inner.state if self.inner is not None else "not found, retrying"
+
+    @property
+    def reconnects(self) -> int:
+        return self.inner.reconnects if self.inner is not None else 0
+
+    def __iter__(self) -> Iterator[Frame]:
+        if self._open_when_there():
+            yield from self.inner
+
+    def _open_when_there(self) -> bool:
+        delay, attempt = FIRST_DELAY, 1
+        while not self.stop.wait(delay):
+            attempt += 1
+            try:
+                self.inner = self._open_fn()
+            except EmoError as e:
+                if self.stop.reason:
+                    return False
+                self.error = str(e)
+                if attempt >= self.attempts:
+                    raise EmoError(f"{self.label}: not found after {attempt} attempts ({e})") from None
+                if attempt & (attempt - 1) == 0:  # attempts 2, 4, 8, ...: the log stays short
+                    warn(f"{self.label}: not found, retrying (attempt {attempt})")
+                delay = min(2 * delay, MAX_DELAY)
+                continue
+            self.fps, self.size, self.error = self.inner.fps, self.inner.size, None
+            warn(f"{self.label} is here (attempt {attempt}); starting")
+            return True
+        return False
+
+    def close(self) -> None:
+        if self.inner is not None:
+            self.inner.close()
+
+
+def open_or_wait(source: str, width: int = 0, height: int = 0, fps: float = 0, reconnect: int = 10,
+                 stop: Optional[StopFlag] = None, timeout: float = DEFAULT_TIMEOUT) -> Source:
+    """Like :func:`open_source`, for a service (serve): a live source (cameraN, /dev/videoN, picamN, a
+    stream URL) that cannot be opened yet is a :class:`WaitingSource` when ``reconnect`` allows retries.
+
+    ``infer`` fails at once when its camera is missing (exit 2). A service cannot: restarted every
+    few seconds by systemd, it would never show its page. So the page and API start at once,
+    ``state`` says "not found, retrying" (and ``error`` why), and the source is opened again with
+    backoff until it appears. Anything else that is wrong (a missing file, a bad URL scheme,
+    picamera2 not installed) is still a one-line error at start."""
+    stop = stop or StopFlag()
+
+    def open_now() -> Source:
+        return open_source(source, width, height, fps, reconnect, stop=stop, timeout=timeout)
+
+    try:
+        return open_now()
+    except EmoError as e:
+        if stop.reason or reconnect <= 0 or not may_appear(source):
+            raise
+        return WaitingSource(source, open_now, reconnect, stop, str(e))

@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from emo.edge_runtime.serve import source as serve_source
+from emo.edge_runtime import sources
 from emo.edge_runtime.bench import MjpegTestStream, make_test_video
 from emo.edge_runtime.errors import EmoError
 from emo.edge_runtime.draw import COLORS
@@ -395,7 +395,7 @@ def test_a_stream_that_is_not_up_yet_is_waited_for(astronaut_stream):
 
 def test_a_camera_that_appears_later_is_read(monkeypatch):
     """The camera path, through VideoSource's injectable opener: two failed opens, then frames."""
-    monkeypatch.setattr(serve_source, "FIRST_DELAY", 0.01)
+    monkeypatch.setattr(sources, "FIRST_DELAY", 0.01)
     failures = iter(["camera0: no such camera", "camera0: busy"])
 
     def open_camera():
@@ -404,7 +404,7 @@ def test_a_camera_that_appears_later_is_read(monkeypatch):
             raise EmoError(why)
         return VideoSource(0, "camera0", live=True, reconnect=0, opener=lambda: FakeCap(3, 7))
 
-    src = serve_source.WaitingSource("camera0", open_camera, 10, StopFlag(), "camera0: no such camera")
+    src = sources.WaitingSource("camera0", open_camera, 10, StopFlag(), "camera0: no such camera")
     assert src.state == "not found, retrying" and src.live
     frames = list(itertools.islice(src, 3))
     assert [int(f.image[0, 0, 0]) for f in frames] == [7, 7, 7] and src.state == "up" and src.error is None

@@ -14,7 +14,8 @@ Endpoints (see :mod:`.http`): ``/`` (the page, every byte served from here: ``we
 token, everything but ``/healthz`` needs it. :mod:`.job` wires it into the infer job.
 """
 from .http import PAGE, Server
-from .job import is_loopback, pace, serve_sinks
+from .job import HeldSource, is_loopback, open_held, pace, run_serve, serve_sinks
 from .state import Counters, LiveState, ServeOptions
 
-__all__ = ["PAGE", "Counters", "LiveState", "ServeOptions", "Server", "is_loopback", "pace", "serve_sinks"]
+__all__ = ["PAGE", "Counters", "HeldSource", "LiveState", "ServeOptions", "Server", "is_loopback", "open_held", "pace",
+           "run_serve", "serve_sinks"]

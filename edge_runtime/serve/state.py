@@ -17,6 +17,7 @@ from typing import Callable, Optional, Sequence
 import cv2
 import numpy as np
 
+from ..frames import Source
 from .metrics import metrics_text
 
 
@@ -51,7 +52,8 @@ class Counters:
 class LiveState:
     """The sink that serve adds to the loop: the newest result, counters, and the JPEG encoder."""
 
-    def __init__(self, source, labels, info: dict, opts: ServeOptions, extra_metrics: Sequence[Callable[[], list]] = ()):
+    def __init__(self, source: Source, labels, info: dict, opts: ServeOptions,
+                 extra_metrics: Sequence[Callable[[], list]] = ()):
         self.source, self.labels, self.info, self.opts = source, labels, info, opts
         self.extra_metrics = list(extra_metrics)  # other sinks' rows for /metrics (MQTT counters)
         lock = threading.Lock()
@@ -157,10 +159,10 @@ class LiveState:
 
     # --- what the endpoints read ----------------------------------------------------------------
     def source_state(self) -> str:
-        return getattr(self.source, "state", "up")
+        return self.source.state
 
     def reconnects(self) -> int:
-        return getattr(self.source, "reconnects", 0)
+        return self.source.reconnects
 
     def health(self) -> dict:
         """``ok`` while frames arrive, ``ended`` when a file source has ended (its last frame held),
@@ -175,7 +177,7 @@ class LiveState:
         else:
             status = "degraded"
         out = {"status": status, "source": self.source.label, "source_state": state, "seconds_since_frame": age}
-        error = getattr(self.source, "error", None)
+        error = self.source.error
         return {**out, "source_error": error} if error else out
 
     def status(self) -> dict:
