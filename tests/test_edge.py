@@ -58,6 +58,15 @@ def test_astronaut_exactly_one_face_with_default_model():
     assert 150 < x + w / 2 < 300 and 50 < y + h / 2 < 200  # her face, in the 512x512 frame
 
 
+def test_process_timed_returns_the_faces_and_each_steps_time():
+    """The loop takes its timings from what process_timed returns (no side channel); process() gives the same faces."""
+    img = cv2.imread(str(ASTRONAUT))
+    done = Recognizer().process_timed(img)
+    assert done.faces == Recognizer().process(img) and len(done.faces) == 1
+    assert set(done.timings) == {"detect_ms", "preprocess_ms", "classify_ms", "track_ms"}
+    assert all(v >= 0 for v in done.timings.values()) and not hasattr(Recognizer(), "timings")
+
+
 def test_table_format_is_readable():
     r = run_cli("emo-edge", "infer", ASTRONAUT, "--format", "table")
     assert r.returncode == 0 and "happy" in r.stdout and "%" in r.stdout
@@ -227,6 +236,27 @@ class FakeCap:
 
     def release(self):
         pass
+
+
+def test_every_source_says_what_the_source_protocol_names(tmp_path):
+    """Callers read a source's attributes directly (no getattr probes), so every source has them all."""
+    from typing import get_type_hints
+
+    from emo.edge_runtime.frames import Source
+    from emo.edge_runtime.sources import WaitingSource
+    from emo.edge_runtime.stopping import StopFlag
+
+    shutil.copy(ASTRONAUT, tmp_path / "a.png")
+    names = set(get_type_hints(Source)) | {"close", "__iter__"}
+    waiting = WaitingSource("camera0", lambda: None, 1, StopFlag(), "no camera")
+    sources = [open_source(str(ASTRONAUT)), open_source(str(tmp_path)),
+               VideoSource(0, "camera0", live=True, reconnect=0, opener=lambda: FakeCap(1, 1)), waiting]
+    for src in sources:
+        assert not [n for n in names if not hasattr(src, n)], type(src).__name__
+        src.close()
+    image, folder, camera, _ = sources
+    assert image.stills and image.files == [ASTRONAUT] and folder.stills and not camera.stills and camera.files == []
+    assert waiting.state == "not found, retrying" and waiting.error == "no camera" and waiting.reconnects == 0
 
 
 def test_camera_dropout_reopens_with_backoff(monkeypatch, capsys):
