@@ -40,6 +40,9 @@ def resolve_model(model: str | os.PathLike | None) -> Path:
         if name not in have:
             raise EmoError(f"the model '{name}' is not bundled with this emo; bundled: {', '.join(have)} (or give a path)")
         return have[name]
+    if not exists(name) and os.sep not in name and "/" not in name and not Path(name).suffix:
+        raise EmoError(f"the model '{name}' is neither a bundled name ({', '.join(MODEL_NAMES)}) nor a file; "
+                       "see `emo-edge models`, or give the path of an .onnx written by emo-export")
     return Path(model)
 
 

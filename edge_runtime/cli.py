@@ -5,14 +5,16 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import typer
 
+from .cliopts import root_callback
 from .errors import EmoError, cli_main
 
 app = typer.Typer(add_completion=False, rich_markup_mode=None, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Find faces and score their emotions with an emo ONNX model. Runs on a Raspberry Pi.")
+root_callback(app, "emo-edge")
 
 SOURCE_HELP = ("camera0 (V4L2 index) | /dev/video0 | picam0 (picamera2) | video file | rtsp:// or http(s):// URL | "
                "image | folder of images | glob such as 'shots/*.jpg'")
@@ -20,6 +22,8 @@ SOURCE_HELP = ("camera0 (V4L2 index) | /dev/video0 | picam0 (picamera2) | video 
 
 # The options infer and serve share (one definition; see runner.JobOptions).
 MODEL = typer.Option(None, "--model", "-m", help="tiny, default or large (bundled; see `emo-edge models`), or an emo ONNX file.")
+Detector = Literal["auto", "haar", "yunet"]
+Split = Literal["train", "val", "test"]
 DETECTOR = typer.Option("auto", help="Face detector: auto (yunet when `emo-edge fetch yunet` has run, else haar), haar or yunet.")
 DETECTOR_MODEL = typer.Option(None, help="A YuNet .onnx file to use instead of the one `emo-edge fetch yunet` saves.")
 ALIGN = typer.Option(True, "--align/--no-align", help="Turn each face upright by its eye line before classifying (YuNet; Haar sees no eyes).")
@@ -45,7 +49,7 @@ HA_DISCOVERY = typer.Option(True, "--ha-discovery/--no-ha-discovery", help="MQTT
 @app.command()
 def infer(
     source: str = typer.Argument(..., help=SOURCE_HELP),
-    model: Optional[Path] = MODEL, detector: str = DETECTOR, detector_model: Optional[Path] = DETECTOR_MODEL,
+    model: Optional[Path] = MODEL, detector: Detector = DETECTOR, detector_model: Optional[Path] = DETECTOR_MODEL,
     align: bool = ALIGN, detect_every: int = DETECT_EVERY, detect_size: Optional[int] = DETECT_SIZE, smooth: float = SMOOTH,
     threads: int = THREADS, spin: bool = SPIN, width: int = WIDTH, height: int = HEIGHT, fps: float = FPS,
     reconnect: int = RECONNECT, timeout: float = TIMEOUT, save: Optional[str] = SAVE, max_frames: int = MAX_FRAMES,
@@ -74,7 +78,7 @@ def serve(
     health_timeout: float = typer.Option(5.0, min=0.5, help="/healthz answers 503 after this many seconds without a frame."),
     realtime: bool = typer.Option(True, "--realtime/--fast", help="A video file plays at its own frame rate, skipping "
                                   "frames if processing falls behind; --fast: every frame, as fast as possible."),
-    model: Optional[Path] = MODEL, detector: str = DETECTOR, detector_model: Optional[Path] = DETECTOR_MODEL,
+    model: Optional[Path] = MODEL, detector: Detector = DETECTOR, detector_model: Optional[Path] = DETECTOR_MODEL,
     align: bool = ALIGN, detect_every: int = DETECT_EVERY, detect_size: Optional[int] = DETECT_SIZE, smooth: float = SMOOTH,
     threads: int = THREADS, spin: bool = SPIN, width: int = WIDTH, height: int = HEIGHT, fps: float = FPS,
     reconnect: int = typer.Option(1_000_000, min=0, help="Camera/stream: attempts to open it, at start (while the page says it is not found) and after a drop-out; a service keeps trying. 0: fail at once."),
@@ -199,7 +203,7 @@ def evaluate(
     data: str = typer.Argument(..., help="Labelled faces: a folder of <emotion>/*.jpg, a FER2013 root or fer2013.csv."),
     legacy_data: Optional[str] = typer.Argument(None, hidden=True),  # the old form: evaluate MODEL DATA
     model: Optional[Path] = MODEL,
-    split: str = typer.Option("val", help="For a FER2013 root or CSV: train, val (PublicTest) or test (PrivateTest)."),
+    split: Split = typer.Option("val", help="For a FER2013 root or CSV: train, val (PublicTest) or test (PrivateTest)."),
     degrade: Optional[str] = typer.Option(None, help="Also score spoiled copies: all, or a list such as blur,jpeg,face16 "
                                           "(dark bright blur motion jpeg face24 face16 noise rot+15 rot-15; faceN for any N)."),
     tta: bool = typer.Option(False, "--tta", help="Average each face's scores with its mirror image's (twice the work)."),

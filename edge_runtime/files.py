@@ -35,13 +35,7 @@ VIDEO_EXTS = frozenset({".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg",
                         ".3gp", ".ts"})
 MAX_IMAGE_BYTES = 512 * 1024 * 1024  # a still image larger than this is refused before it is read
 
-# FFmpeg (inside OpenCV) prints its own lines, such as "moov atom not found", straight to stderr,
-# between our one-line errors. Level -8 is AV_LOG_QUIET; OpenCV reads it when a capture opens.
-os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
-try:  # OpenCV's own log lines (V4L2 probing, DNN shape errors) likewise: emo reports errors itself
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
-except AttributeError:
-    pass
+# OpenCV's and FFmpeg's own log lines are silenced by the CLIs (cliopts.quiet_opencv), not at import.
 
 
 def shown(path: PathLike) -> str:

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import typer
 
+from emo.edge_runtime.cliopts import QUIET, VERBOSE, log, setup_logging, version_option
 from emo.edge_runtime.errors import cli_main
 
 from .options import ExportOptions, Gates
@@ -21,11 +22,11 @@ D, G = ExportOptions, Gates  # the defaults live in options.py; the help shows t
 @app.command()
 def export(
     checkpoint: Path = typer.Argument(..., help="model.pt written by emo-train."),
-    out_dir: Optional[Path] = typer.Option(None, help="Output folder (default: the checkpoint's folder)."),
+    out_dir: Optional[Path] = typer.Option(None, "--out-dir", "-o", help="Output folder (default: the checkpoint's folder)."),
     name: Optional[str] = typer.Option(None, help="Base file name (default: the checkpoint's stem, e.g. model)."),
     calib_data: Optional[str] = typer.Option(None, help="Real faces for calibration (their train split): FER2013 folder or CSV (default: the checkpoint's training data)."),
     calib_size: int = typer.Option(D.calib_size, min=1, help="Number of calibration faces."),
-    calib_method: str = typer.Option(D.calib_method, help="minmax, entropy, percentile, or auto (tries each, keeps the most accurate int8)."),
+    calib_method: Literal["auto", "minmax", "entropy", "percentile"] = typer.Option(D.calib_method, help="minmax, entropy, percentile, or auto (tries each, keeps the most accurate int8)."),
     per_channel: bool = typer.Option(D.per_channel, "--per-channel/--per-tensor", help="Per-channel int8 weights."),
     val_data: Optional[str] = typer.Option(None, help="Labelled faces for verification, never the calibration faces (default: the calibration data's val split)."),
     val_size: int = typer.Option(D.val_size, min=0, help="Verify on N validation faces (0: all)."),
@@ -39,15 +40,17 @@ def export(
     equalize: bool = typer.Option(D.equalize, "--equalize/--no-equalize", help="Equalise depthwise-separable activation ranges on the calibration faces before int8 (same function, less int8 error)."),
     temperature: Optional[float] = typer.Option(None, min=0.05, max=20.0, help="Softmax temperature stored in the model (default: fitted on the verification faces so confidence matches accuracy; 1 keeps the raw logits)."),
     robustness: bool = typer.Option(D.robustness, "--robustness/--no-robustness", help="Also report int8 accuracy under the ten degraded conditions of `emo-edge evaluate --degrade all`."),
+    verbose: bool = VERBOSE, quiet: bool = QUIET, version: Optional[bool] = version_option("emo-export"),
 ) -> None:
     """Write NAME.onnx, NAME.int8.onnx and export-report.json; exit 1 if a verification gate fails."""
+    setup_logging(verbose, quiet)
     from .exporter import export as do_export, format_report
 
     opts = ExportOptions(out_dir=out_dir, name=name, calib_data=calib_data, calib_size=calib_size, calib_method=calib_method,
                          per_channel=per_channel, val_data=val_data, val_size=val_size, opset=opset, ort_format=ort_format,
                          seed=seed, crop_margin=crop_margin, equalize=equalize, temperature=temperature,
                          robustness=robustness, gates=Gates(max_abs_diff, min_agreement, max_acc_drop))
-    report = do_export(checkpoint, opts, log=lambda s: print(s, file=sys.stderr, flush=True))
+    report = do_export(checkpoint, opts, log=log.info)
     print(format_report(report))
     print(f"report: {report['report_path']}")
     if not report["passed"]:

@@ -4,14 +4,16 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Literal, Optional
 
 import typer
 
+from emo.edge_runtime.cliopts import root_callback
 from emo.edge_runtime.errors import EmoError, cli_main
 
 app = typer.Typer(add_completion=False, rich_markup_mode=None, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Train small FER2013 emotion CNNs (PyTorch) and evaluate checkpoints.")
+root_callback(app, "emo-train")
 
 
 @app.command()
@@ -52,7 +54,7 @@ def fit(
 def evaluate(
     checkpoint: Path = typer.Argument(..., help="model.pt written by emo-train."),
     data: str = typer.Argument(..., help="FER2013 root, a labelled folder (<emotion>/*.jpg) or fer2013.csv."),
-    split: Optional[str] = typer.Option(None, help="Split to evaluate: train, val (PublicTest) or test (PrivateTest); default val, or train with --fold."),
+    split: Optional[Literal["train", "val", "test"]] = typer.Option(None, help="Split to evaluate: train, val (PublicTest) or test (PrivateTest); default val, or train with --fold."),
     tta: bool = typer.Option(False, "--tta", help="Also report horizontal-flip test-time averaging."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the report as JSON here."),
     fold: Optional[str] = typer.Option(None, help="A fold run only: evaluate one fold of its training faces, "
