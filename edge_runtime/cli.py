@@ -244,8 +244,9 @@ def evaluate(
 
 @app.command()
 def info(
-    model: Optional[Path] = typer.Argument(None, help="tiny, default, large (bundled) or an emo ONNX file (default: default)."),
-    as_json: bool = typer.Option(False, "--json", help="Print the metadata as JSON."),
+    legacy_model: Optional[Path] = typer.Argument(None, hidden=True),  # the old form: info MODEL
+    model: Optional[Path] = MODEL,
+    as_json: bool = typer.Option(False, "--json", help="Print the metadata as JSON on stdout."),
 ) -> None:
     """What a model says about itself: labels, input spec, precision, metrics, provenance."""
     from dataclasses import asdict
@@ -254,6 +255,10 @@ def info(
 
     from .faces import auto_choice
 
+    if legacy_model is not None:
+        if model is not None:
+            raise EmoError("give the model once: emo-edge info --model MODEL")
+        model = legacy_model
     clf = Classifier(model)
     kind, yunet = auto_choice()
     detector_line = f"auto: yunet ({yunet})" if yunet else "auto: haar (for YuNet run `emo-edge fetch yunet`)"

@@ -61,3 +61,44 @@ def test_export_out_dir_short_option():
     assert str(ctx.params["out_dir"]) == "out"
     ctx = cmd.make_context("emo-export", ["model.pt", "--out-dir", "out"], resilient_parsing=True)
     assert str(ctx.params["out_dir"]) == "out"
+
+
+def test_edge_info_model_option_and_positional_alias_agree():
+    new, old = run("emo-edge", "info", "--model", "tiny", "--json"), run("emo-edge", "info", "tiny", "--json")
+    assert new.returncode == old.returncode == 0, new.stderr + old.stderr
+    assert new.stdout == old.stdout and '"bytes"' in new.stdout
+    both = run("emo-edge", "info", "tiny", "--model", "tiny")
+    assert both.returncode == 2 and "once" in both.stderr
+
+
+def test_model_name_that_is_neither_bundled_nor_a_file():
+    r = run("emo-edge", "info", "--model", "huge")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "neither a bundled name (tiny, default, large) nor a file" in r.stderr
+    r = run("emo-edge", "info", "--model", "huge.onnx")  # a file name: the missing file is named
+    assert r.returncode == 2 and "does not exist" in r.stderr
+
+
+def test_train_evaluate_model_option_and_positional_alias_agree(tmp_path):
+    pytest.importorskip("torch")
+    ck, data = tmp_path / "missing.pt", tmp_path / "fer"
+    new = run("emo-train", "evaluate", str(data), "--model", str(ck))
+    old = run("emo-train", "evaluate", str(ck), str(data))
+    assert new.returncode == old.returncode == 2 and "Traceback" not in new.stderr + old.stderr
+    assert new.stderr == old.stderr and "missing.pt" in new.stderr
+    assert run("emo-train", "evaluate", str(data)).returncode == 2  # no checkpoint: a one-line error
+
+
+@pytest.mark.parametrize("prog,args,option,choices", [
+    ("emo-edge", ["infer", "x.jpg", "--detector", "fog"], "--detector", ("auto", "haar", "yunet")),
+    ("emo-edge", ["evaluate", "x", "--split", "fog"], "--split", ("train", "val", "test")),
+    ("emo-train", ["evaluate", "x", "--split", "fog"], "--split", ("train", "val", "test")),
+    ("emo-export", ["m.pt", "--calib-method", "fog"], "--calib-method", ("auto", "minmax", "entropy", "percentile")),
+])
+def test_bad_choice_lists_the_choices(prog, args, option, choices):
+    if prog != "emo-edge":
+        pytest.importorskip("torch")
+    r = run(prog, *args)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    line, = r.stderr.strip().splitlines()
+    assert option in line and all(f"'{c}'" in line for c in choices)

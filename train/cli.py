@@ -52,8 +52,9 @@ def fit(
 
 @app.command()
 def evaluate(
-    checkpoint: Path = typer.Argument(..., help="model.pt written by emo-train."),
     data: str = typer.Argument(..., help="FER2013 root, a labelled folder (<emotion>/*.jpg) or fer2013.csv."),
+    legacy_data: Optional[str] = typer.Argument(None, hidden=True),  # the old form: evaluate CHECKPOINT DATA
+    checkpoint: Optional[Path] = typer.Option(None, "--model", "-m", help="model.pt written by emo-train (required)."),
     split: Optional[Literal["train", "val", "test"]] = typer.Option(None, help="Split to evaluate: train, val (PublicTest) or test (PrivateTest); default val, or train with --fold."),
     tta: bool = typer.Option(False, "--tta", help="Also report horizontal-flip test-time averaging."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the report as JSON here."),
@@ -74,6 +75,12 @@ def evaluate(
     from .checkpoint import load_checkpoint, model_from_checkpoint
     from .evaluate import evaluate_split
 
+    if legacy_data is not None:
+        if checkpoint is not None:
+            raise EmoError("give the checkpoint once: emo-train evaluate DATA --model model.pt")
+        checkpoint, data = Path(data), legacy_data
+    if checkpoint is None:
+        raise EmoError("which checkpoint? emo-train evaluate DATA --model model.pt")
     ck = load_checkpoint(checkpoint)
     model = model_from_checkpoint(ck)
     spec = InputSpec.from_dict(ck["input"])
