@@ -12,11 +12,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 
-from emo.edge_runtime.bench import add_ratios, device_fingerprint, fingerprint_md, latency_md, model_latency, save_result
-from emo.edge_runtime.classifier import default_model_path
+from emo.edge_runtime.bench import save_result
+from emo.edge_runtime.bench_runs import run_model_bench
+from emo.edge_runtime.errors import EmoError
 
 
 def torch_peer(checkpoint: Path):
@@ -49,31 +49,17 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="few runs, batch 1 and 4, 1 thread: a smoke test")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results") / f"model-{os.uname().nodename}.json")
     a = ap.parse_args(argv)
-    models = a.models or [default_model_path()]
-    for m in models:
-        if not m.is_file():
-            print(f"bench_model: error: {m} does not exist", file=sys.stderr)
-            return 2
-    cores = os.cpu_count() or 1
-    threads = a.threads or sorted({1, *[t for t in (2, 4, 8) if t <= cores], cores})
-    batches, runs, warmup = a.batches, a.runs, a.warmup
-    if a.quick:
-        threads, batches, runs, warmup = [1], [1, 4], 30, 5
     peers = {}
     if a.checkpoint:
         fn = torch_peer(a.checkpoint)
         if fn:
             peers["pytorch-eager"] = fn
     log = lambda s: print(f"bench_model: {s}", file=sys.stderr, flush=True)  # noqa: E731
-    log(f"{len(models)} model(s), batches {batches}, threads {threads}, {runs} runs each")
-    t0 = time.time()
-    rows = model_latency(models, batches, threads, warmup, runs, peers, progress=log)
-    add_ratios(rows)
-    fp = device_fingerprint(threads)
-    result = {"benchmark": "model_latency", "quick": a.quick, "device": fp, "settings":
-              {"batches": batches, "threads": threads, "runs": runs, "warmup": warmup}, "rows": rows,
-              "seconds": time.time() - t0}
-    md = "# Model latency\n\n" + fingerprint_md(fp) + "\n" + latency_md(rows)
+    try:
+        result, md = run_model_bench(a.models, a.batches, a.threads, a.runs, a.warmup, a.quick, peers, log)
+    except EmoError as e:
+        print(f"bench_model: error: {e}", file=sys.stderr)
+        return 2
     save_result(result, a.out, md, "bench_model")
     return 0
 

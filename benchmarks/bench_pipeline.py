@@ -13,10 +13,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from pathlib import Path
 
-from emo.edge_runtime.bench import device_fingerprint, fingerprint_md, make_test_video, pipeline_bench, pipeline_md, save_result
+from emo.edge_runtime.bench import save_result
+from emo.edge_runtime.bench_runs import run_pipeline_bench
+from emo.edge_runtime.errors import EmoError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,29 +34,13 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="60 frames: a smoke test")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results") / f"pipeline-{os.uname().nodename}.json")
     a = ap.parse_args(argv)
-    frames = 60 if a.quick else a.frames
     log = lambda s: print(f"bench_pipeline: {s}", file=sys.stderr, flush=True)  # noqa: E731
-    with tempfile.TemporaryDirectory() as td:
-        video = a.video
-        if video is None:
-            log(f"building a 640x480 test clip ({frames} frames) from {a.photo}")
-            video = make_test_video(a.photo, Path(td) / "clip.avi", frames=frames)
-        elif not video.is_file():
-            print(f"bench_pipeline: error: {video} does not exist", file=sys.stderr)
-            return 2
-        detectors = [("haar", None)] + ([("yunet", a.yunet)] if a.yunet else [])
-        rows = []
-        for det, dm in detectors:
-            for t in a.threads:
-                for de in a.detect_every:
-                    log(f"{det}, {t} thread(s), detect every {de}...")
-                    r = pipeline_bench(video, a.model, det, dm, t, frames, de)
-                    log(f"  {r['fps']:.1f} FPS, {r['faces']} faces in {r['frames']} frames")
-                    rows.append(r)
-    fp = device_fingerprint(sorted(set(a.threads)))
-    result = {"benchmark": "pipeline", "quick": a.quick, "device": fp, "video": str(a.video or f"built from {a.photo}"),
-              "rows": rows}
-    md = "# Pipeline\n\n" + fingerprint_md(fp) + "\n" + pipeline_md(rows)
+    try:
+        result, md = run_pipeline_bench(a.model, a.video, a.photo, a.frames, tuple(a.threads), tuple(a.detect_every),
+                                        a.yunet, a.quick, log)
+    except EmoError as e:
+        print(f"bench_pipeline: error: {e}", file=sys.stderr)
+        return 2
     save_result(result, a.out, md, "bench_pipeline")
     return 0
 

@@ -9,12 +9,14 @@ from typing import Literal, Optional
 
 import typer
 
+from .bench_cli import bench_app
 from .cliopts import root_callback
 from .errors import EmoError, cli_main
 
 app = typer.Typer(add_completion=False, rich_markup_mode=None, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Find faces and score their emotions with an emo ONNX model. Runs on a Raspberry Pi.")
 root_callback(app, "emo-edge")
+app.add_typer(bench_app, name="bench")
 
 SOURCE_HELP = ("camera0 (V4L2 index) | /dev/video0 | picam0 (picamera2) | video file | rtsp:// or http(s):// URL | "
                "image | folder of images | glob such as 'shots/*.jpg'")
@@ -55,7 +57,7 @@ def infer(
     reconnect: int = RECONNECT, timeout: float = TIMEOUT, save: Optional[str] = SAVE, max_frames: int = MAX_FRAMES,
     duration: float = DURATION, mqtt: Optional[str] = MQTT, mqtt_interval: float = MQTT_INTERVAL,
     ha_discovery: bool = HA_DISCOVERY,
-    output: str = typer.Option("auto", "--format", help="auto (table on a terminal, JSON Lines otherwise), json, table or none."),
+    output: Literal["auto", "json", "table", "none"] = typer.Option("auto", "--format", help="auto (table on a terminal, JSON Lines otherwise), json, table or none."),
 ) -> None:
     """Detect faces, classify them and print the emotions per face, one record per frame."""
     params = dict(locals())
@@ -84,7 +86,7 @@ def serve(
     reconnect: int = typer.Option(1_000_000, min=0, help="Camera/stream: attempts to open it, at start (while the page says it is not found) and after a drop-out; a service keeps trying. 0: fail at once."),
     timeout: float = TIMEOUT, save: Optional[str] = SAVE, max_frames: int = MAX_FRAMES, duration: float = DURATION,
     mqtt: Optional[str] = MQTT, mqtt_interval: float = MQTT_INTERVAL, ha_discovery: bool = HA_DISCOVERY,
-    output: str = typer.Option("none", "--format", help="Also print records on stdout: none, json or table."),
+    output: Literal["none", "json", "table"] = typer.Option("none", "--format", help="Also print records on stdout: none, json or table."),
 ) -> None:
     """Run infer and serve a live page, an MJPEG stream and an HTTP API (see README: emo-edge serve).
 
@@ -106,15 +108,13 @@ def analyze(
     inputs: list[str] = typer.Argument(..., help="Video files, or folders of them (not searched recursively)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder: one subfolder per video (frames.csv, tracks.csv, timeline.png, summary.json)."),
     stride: int = typer.Option(1, min=1, help="Process every N-th frame; timestamps stay those of the video."),
-    workers: Optional[int] = typer.Option(None, min=1, help="Videos analysed in parallel, one process each (about one per core; default 1). With --ray: workers on the cluster (default: one per CPU)."),
+    workers: int = typer.Option(1, min=1, help="Videos analysed in parallel, one process each (about one per core)."),
     force: bool = typer.Option(False, "--force", help="Redo videos whose outputs are complete (otherwise they are skipped)."),
     parquet: bool = typer.Option(False, "--parquet", help="Also write frames.parquet (needs pyarrow)."),
     min_track_seconds: float = typer.Option(0.5, min=0, help="Tracks on screen for less than this are dropped from tracks.csv and the plot."),
     merge_gap: float = typer.Option(1.0, min=0, help="A track that starts this many seconds or less after one ended, where it ended, at a similar size and look, continues it (0: off)."),
     timeline_tracks: int = typer.Option(4, min=1, help="timeline.png shows this many tracks, the longest on screen."),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bars (default: on a terminal)."),
-    ray: bool = typer.Option(False, "--ray", help="Run on a Ray cluster (pip install \"emo-fer[ray]\"): --ray [ADDRESS], ADDRESS auto (a running cluster, else a local Ray; the default), local, HOST:PORT or ray://HOST:10001. Every node must see the inputs at the same path (docs/analyze-ray.md)."),
-    chunk_seconds: float = typer.Option(0.0, min=0, help="With --ray: videos are cut into chunks of about this many seconds (0: 60, shorter where CPUs would wait, at least 10)."),
     model: Optional[Path] = MODEL, detector: str = DETECTOR, detector_model: Optional[Path] = DETECTOR_MODEL,
     align: bool = ALIGN, detect_every: int = DETECT_EVERY, detect_size: Optional[int] = DETECT_SIZE, smooth: float = SMOOTH,
     threads: int = THREADS, spin: bool = SPIN,
@@ -126,18 +126,8 @@ def analyze(
     params = dict(locals())
     from .analyze import AnalyzeOptions, analyze_batch
 
-    run = {k: params.pop(k) for k in ("inputs", "out", "workers", "force", "progress", "ray", "chunk_seconds")}
-    if run["ray"]:
-        from .analyze.ray_runner import analyze_ray, split_address
-
-        address, inputs = split_address(run["inputs"])
-        code = analyze_ray(inputs, run["out"], AnalyzeOptions(**params), address, run["workers"], run["force"],
-                           run["progress"], run["chunk_seconds"])
-    else:
-        if run["chunk_seconds"]:
-            raise EmoError("--chunk-seconds applies with --ray only (a local run takes each video whole)")
-        code = analyze_batch(run["inputs"], run["out"], AnalyzeOptions(**params), run["workers"] or 1, run["force"],
-                             run["progress"])
+    run = {k: params.pop(k) for k in ("inputs", "out", "workers", "force", "progress")}
+    code = analyze_batch(run["inputs"], run["out"], AnalyzeOptions(**params), run["workers"], run["force"], run["progress"])
     if code:
         raise typer.Exit(code)
 
@@ -170,7 +160,7 @@ BUNDLED_DATA_TERMS = ("FER2013 only (the Kaggle \"Challenges in Representation L
 
 
 @app.command()
-def models(as_json: bool = typer.Option(False, "--json", help="Print the list as JSON.")) -> None:
+def models(as_json: bool = typer.Option(False, "--json", help="Print the list as JSON on stdout (instead of the table).")) -> None:
     """The bundled emotion models and the downloadable ones (in the cache or not)."""
     from .assets import ASSETS, cache_dir, cached
     from .classifier import bundled_models, load_session, read_metadata
@@ -221,7 +211,7 @@ def evaluate(
     tta: bool = typer.Option(False, "--tta", help="Average each face's scores with its mirror image's (twice the work)."),
     threads: int = typer.Option(1, min=1, help="onnxruntime threads."),
     batch: int = typer.Option(256, min=1, help="Faces per inference call."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the report as JSON here."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the report as JSON to this path."),
 ) -> None:
     """Accuracy, per-class precision/recall/F1, confusion matrix and calibration (ECE) on
     pre-cropped labelled faces; with --degrade, a robustness table (clean, each condition, mean, worst)."""
@@ -258,7 +248,7 @@ def evaluate(
 def info(
     legacy_model: Optional[Path] = typer.Argument(None, hidden=True),  # the old form: info MODEL
     model: Optional[Path] = MODEL,
-    as_json: bool = typer.Option(False, "--json", help="Print the metadata as JSON on stdout."),
+    as_json: bool = typer.Option(False, "--json", help="Print the metadata as JSON on stdout (instead of the table)."),
 ) -> None:
     """What a model says about itself: labels, input spec, precision, metrics, provenance."""
     from dataclasses import asdict

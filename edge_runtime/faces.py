@@ -141,11 +141,12 @@ def haar_fallback_line() -> str:
 MIN_DETECT_SIZE = 32  # pixels: below this no detector finds a face
 
 
-def make_detector(kind: str = "auto", model: str | os.PathLike | None = None, max_side: int | None = None,
+def make_detector(kind: str = "auto", model: str | os.PathLike | None = None, detect_size: int | None = None,
                   score_threshold: float | None = None) -> Detector:
     """A detector by name: haar, yunet, or auto (YuNet when ``model`` is given or its file is in the
-    cache of `emo-edge fetch yunet`, else Haar). ``max_side`` is the longest side of the frame it
-    sees (--detect-size)."""
+    cache of `emo-edge fetch yunet`, else Haar). ``detect_size`` is the longest side of the frame it
+    sees (--detect-size; the detector's ``max_side``)."""
+    max_side = detect_size
     if max_side is not None and max_side < MIN_DETECT_SIZE:
         raise EmoError(f"--detect-size {max_side} is too small; give at least {MIN_DETECT_SIZE} pixels (defaults: haar 480, yunet 640)")
     if model and kind == "haar":

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -71,12 +72,17 @@ class Recognizer:
     spin: bool = True
     detect_every: int = 1
     smooth: float = 0.0
-    detect_max_side: int | None = None
+    detect_size: int | None = None  # longest side of the frame the detector sees (--detect-size)
     align: bool = True  # turn faces upright by their eye line, where the detector sees the eyes (YuNet)
+    detect_max_side: int | None = None  # deprecated: the old name of detect_size
 
     def __post_init__(self):
+        if self.detect_max_side is not None:
+            warnings.warn("Recognizer(detect_max_side=...) is now detect_size", DeprecationWarning, stacklevel=3)
+            if self.detect_size is None:
+                self.detect_size = self.detect_max_side
         self.classifier = Classifier(self.model, threads=self.threads, spin=self.spin)
-        self.face_detector = make_detector(self.detector, self.detector_model, self.detect_max_side)
+        self.face_detector = make_detector(self.detector, self.detector_model, self.detect_size)
         self.tracker = IouTracker(smooth=self.smooth)
         self.labels = self.classifier.labels
         self._n = 0

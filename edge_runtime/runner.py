@@ -40,7 +40,7 @@ class RecognizerOptions:
         return Recognizer(model=self.model, detector=self.detector,
                           detector_model=str(self.detector_model) if self.detector_model else None,
                           threads=usable_threads(self.threads), spin=self.spin, detect_every=self.detect_every,
-                          smooth=self.smooth, detect_max_side=self.detect_size, align=self.align)
+                          smooth=self.smooth, detect_size=self.detect_size, align=self.align)
 
 
 @dataclass

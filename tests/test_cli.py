@@ -1,9 +1,11 @@
 """One vocabulary across emo-edge, emo-train and emo-export: --version, -v/-q, -o, old names as aliases."""
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -102,3 +104,25 @@ def test_bad_choice_lists_the_choices(prog, args, option, choices):
     assert r.returncode == 2 and "Traceback" not in r.stderr
     line, = r.stderr.strip().splitlines()
     assert option in line and all(f"'{c}'" in line for c in choices)
+
+
+def test_recognizer_detect_size_and_its_deprecated_alias():
+    from emo.edge_runtime import Recognizer
+
+    assert Recognizer(model="tiny", detector="haar", detect_size=320).face_detector.max_side == 320
+    with pytest.warns(DeprecationWarning, match="detect_size"):
+        rec = Recognizer(model="tiny", detector="haar", detect_max_side=320)
+    assert rec.detect_size == 320 and rec.face_detector.max_side == 320
+
+
+def test_bench_subcommands_quick(tmp_path):
+    photo = Path(__file__).resolve().parents[1] / "examples" / "astronaut.png"
+    r = run("emo-edge", "bench", "model", "--model", "tiny", "--quick", "--runs", "5", "--json", str(tmp_path / "m.json"))
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "m.json").read_text())["benchmark"] == "model_latency"
+    assert (tmp_path / "m.md").is_file() and "| " in r.stdout
+    r = run("emo-edge", "bench", "pipeline", "--model", "tiny", "--photo", str(photo), "--quick", "--json", str(tmp_path / "p.json"))
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "p.json").read_text())["rows"][0]["frames"] == 60
+    r = run("emo-edge", "bench", "memory", "--photo", str(tmp_path / "none.png"), "--quick")
+    assert r.returncode == 2 and "--photo" in r.stderr and "Traceback" not in r.stderr

@@ -57,7 +57,7 @@ def evaluate(
     checkpoint: Optional[Path] = typer.Option(None, "--model", "-m", help="model.pt written by emo-train (required)."),
     split: Optional[Literal["train", "val", "test"]] = typer.Option(None, help="Split to evaluate: train, val (PublicTest) or test (PrivateTest); default val, or train with --fold."),
     tta: bool = typer.Option(False, "--tta", help="Also report horizontal-flip test-time averaging."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the report as JSON here."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the report as JSON to this path."),
     fold: Optional[str] = typer.Option(None, help="A fold run only: evaluate one fold of its training faces, "
                                        "a number or 'held-out' (the fold it never trained on); implies --split train."),
 ) -> None:
