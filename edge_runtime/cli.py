@@ -108,13 +108,15 @@ def analyze(
     inputs: list[str] = typer.Argument(..., help="Video files, or folders of them (not searched recursively)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder: one subfolder per video (frames.csv, tracks.csv, timeline.png, summary.json)."),
     stride: int = typer.Option(1, min=1, help="Process every N-th frame; timestamps stay those of the video."),
-    workers: int = typer.Option(1, min=1, help="Videos analysed in parallel, one process each (about one per core)."),
+    workers: Optional[int] = typer.Option(None, min=1, help="Videos analysed in parallel, one process each (about one per core; default 1). With --ray: workers on the cluster (default: one per CPU)."),
     force: bool = typer.Option(False, "--force", help="Redo videos whose outputs are complete (otherwise they are skipped)."),
     parquet: bool = typer.Option(False, "--parquet", help="Also write frames.parquet (needs pyarrow)."),
     min_track_seconds: float = typer.Option(0.5, min=0, help="Tracks on screen for less than this are dropped from tracks.csv and the plot."),
     merge_gap: float = typer.Option(1.0, min=0, help="A track that starts this many seconds or less after one ended, where it ended, at a similar size and look, continues it (0: off)."),
     timeline_tracks: int = typer.Option(4, min=1, help="timeline.png shows this many tracks, the longest on screen."),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bars (default: on a terminal)."),
+    ray: bool = typer.Option(False, "--ray", help="Run on a Ray cluster (pip install \"emo-fer[ray]\"): --ray [ADDRESS], ADDRESS auto (a running cluster, else a local Ray; the default), local, HOST:PORT or ray://HOST:10001. Every node must see the inputs at the same path (docs/analyze-ray.md)."),
+    chunk_seconds: float = typer.Option(0.0, min=0, help="With --ray: videos are cut into chunks of about this many seconds (0: 60, shorter where CPUs would wait, at least 10)."),
     model: Optional[Path] = MODEL, detector: str = DETECTOR, detector_model: Optional[Path] = DETECTOR_MODEL,
     align: bool = ALIGN, detect_every: int = DETECT_EVERY, detect_size: Optional[int] = DETECT_SIZE, smooth: float = SMOOTH,
     threads: int = THREADS, spin: bool = SPIN,
@@ -126,8 +128,18 @@ def analyze(
     params = dict(locals())
     from .analyze import AnalyzeOptions, analyze_batch
 
-    run = {k: params.pop(k) for k in ("inputs", "out", "workers", "force", "progress")}
-    code = analyze_batch(run["inputs"], run["out"], AnalyzeOptions(**params), run["workers"], run["force"], run["progress"])
+    run = {k: params.pop(k) for k in ("inputs", "out", "workers", "force", "progress", "ray", "chunk_seconds")}
+    if run["ray"]:
+        from .analyze.ray_runner import analyze_ray, split_address
+
+        address, inputs = split_address(run["inputs"])
+        code = analyze_ray(inputs, run["out"], AnalyzeOptions(**params), address, run["workers"], run["force"],
+                           run["progress"], run["chunk_seconds"])
+    else:
+        if run["chunk_seconds"]:
+            raise EmoError("--chunk-seconds applies with --ray only (a local run takes each video whole)")
+        code = analyze_batch(run["inputs"], run["out"], AnalyzeOptions(**params), run["workers"] or 1, run["force"],
+                             run["progress"])
     if code:
         raise typer.Exit(code)
 

@@ -81,6 +81,11 @@ class IouTracker:
         self.tracks = [t for t in self.tracks if t.missed <= self.max_missed]
         return [assigned[i] for i in range(len(boxes))]
 
+    @property
+    def next_id(self) -> int:
+        """The id the next new track gets (ids are never reused)."""
+        return self._next
+
     def live_boxes(self) -> list[tuple]:
         """Boxes of the tracks seen in the last frame (used between detections)."""
         return [t.box for t in self.tracks if t.missed == 0]

@@ -86,6 +86,8 @@ def test_wheel_holds_the_runtime_and_nothing_else(wheel):
     assert f"{info}/licenses/LICENSE" in names
     base = [l for l in meta.splitlines() if l.startswith("Requires-Dist:") and "extra ==" not in l]
     assert base and not [l for l in base if any(k in l for k in ("torch", "onnx ", "onnx>", "onnx=", "matplotlib"))]
+    # Ray (analyze --ray) is an extra: the edge install has none of it
+    assert "Provides-Extra: ray\n" in meta and not [l for l in base if l.split(":", 1)[1].strip().lower().startswith("ray")]
 
 
 def test_wheel_installs_into_a_clean_venv_and_infers(wheel, tmp_path):

@@ -62,7 +62,7 @@ def analyze_batch(inputs: Sequence[str], out, options: Optional[AnalyzeOptions] 
                 _run_pool(jobs, o, params, force, workers, stop, show, results)
     finally:
         stop.restore()
-    return _report(jobs, results, out, stop)
+    return report(jobs, results, out, stop)
 
 
 def _run_pool(jobs: list[Job], o: AnalyzeOptions, params: dict, force: bool, workers: int, stop: StopFlag,
@@ -102,7 +102,8 @@ def _run_pool(jobs: list[Job], o: AnalyzeOptions, params: dict, force: bool, wor
                 show.finished(i, results[i])
 
 
-def _report(jobs: list[Job], results: dict, out: Path, stop: StopFlag) -> int:
+def report(jobs: list[Job], results: dict, out: Path, stop: StopFlag) -> int:
+    """The batch's last line; returns the exit status."""
     done = [r for r in results.values() if r.status == "done"]
     skipped = [r for r in results.values() if r.status == "skipped"]
     failed = [r for r in results.values() if r.status == "failed"]
@@ -112,6 +113,21 @@ def _report(jobs: list[Job], results: dict, out: Path, stop: StopFlag) -> int:
         parts.append(f"{left} not finished: stopped by {stop.reason}; run the same command again to resume")
     print(f"emo-edge: {len(jobs)} video(s) into {shown(out)}: " + ", ".join(parts), file=sys.stderr, flush=True)
     return exit_status(list(results.values()), stop)
+
+
+def result_line(r: VideoResult) -> str:
+    """The line each video ends with (after "emo-edge: ")."""
+    if r.status == "done":
+        return (f"done    {r.video} -> {r.out} ({r.frames} frames, {r.rows} rows, {r.tracks} track(s), {r.seconds:.1f} s, "
+                f"{r.realtime:.1f}x real time)" + (f"; {r.message}" if r.message else ""))
+    if r.status == "skipped":
+        return f"skipped {r.video}: {r.out} is complete with the same parameters (--force redoes it)"
+    if r.status == "failed":
+        return f"FAILED  {r.video}: {r.message}"
+    if r.message.startswith("kept "):  # --ray: the chunks that finished are kept
+        return f"stopped {r.video}; {r.message}, a rerun does the rest"
+    when = " before it started" if r.message == "not started" else ""
+    return f"stopped {r.video}{when}; nothing written for it, a rerun does it"
 
 
 class _Display:
@@ -155,16 +171,7 @@ class _Display:
         self.progress.update(self.overall, completed=sum(self._done.values()))
 
     def finished(self, i: int, r: VideoResult) -> None:
-        if r.status == "done":
-            line = (f"done    {r.video} -> {r.out} ({r.frames} frames, {r.rows} rows, {r.tracks} track(s), {r.seconds:.1f} s, "
-                    f"{r.realtime:.1f}x real time)" + (f"; {r.message}" if r.message else ""))
-        elif r.status == "skipped":
-            line = f"skipped {r.video}: {r.out} is complete with the same parameters (--force redoes it)"
-        elif r.status == "failed":
-            line = f"FAILED  {r.video}: {r.message}"
-        else:
-            when = " before it started" if r.message == "not started" else ""
-            line = f"stopped {r.video}{when}; nothing written for it, a rerun does it"
+        line = result_line(r)
         if self.progress is not None:
             if i in self.tasks:
                 self.progress.remove_task(self.tasks.pop(i))

@@ -63,15 +63,21 @@ class TrackSums:
         self.with_faces, self.last_index = 0, -1
 
     def write(self, result) -> None:
-        t = result.frame.timestamp
-        self.last_index = result.frame.index
-        self.with_faces += bool(result.faces)
-        for f in result.faces:
-            s = self.tracks.get(f.track)
+        self.add_frame(result.frame.index, result.frame.timestamp,
+                       [(f.track, f.box, np.array([f.scores[e] for e in self.labels]), f.look) for f in result.faces])
+
+    def add_frame(self, index: int, t: float, faces: Sequence[tuple]) -> None:
+        """One processed frame: ``faces`` are (track, box, scores in label order, look or None).
+        The Ray runner feeds the rows of its chunks through here, in time order, so the sums
+        are added up in the same order as in a local run."""
+        self.last_index = index
+        self.with_faces += bool(faces)
+        for track, box, scores, look in faces:
+            s = self.tracks.get(track)
             if s is None:
                 n = len(self.labels)
-                s = self.tracks[f.track] = TrackStats(f.track, t, t, f.box, f.box, 0, np.zeros(n), np.zeros(n))
-            s.add(t, f.box, np.array([f.scores[e] for e in self.labels]), f.look)
+                s = self.tracks[track] = TrackStats(track, t, t, box, box, 0, np.zeros(n), np.zeros(n))
+            s.add(t, box, scores, look)
 
     def close(self) -> None:
         pass

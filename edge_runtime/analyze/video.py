@@ -172,10 +172,10 @@ def analyze_video(video, out_dir, options: Optional[AnalyzeOptions] = None, forc
     path = check_file(video, "video")
     out = Path(out_dir)
     params = parameters or o.parameters()
-    ident = _identity(path)
-    if not force and _complete(out, params, ident):
+    ident = identity(path)
+    if not force and is_complete(out, params, ident):
         return VideoResult(shown(path), shown(out), "skipped", "complete, same parameters")
-    _claim(out, ident, force)
+    claim(out, ident, force)
     result = None
     try:
         result = _analyze(path, out, o, params, ident, stop or StopFlag(), progress)
@@ -196,53 +196,90 @@ def _analyze(path: Path, out: Path, o: AnalyzeOptions, params: dict, ident: dict
     src = VideoSource(path, label, False, stop=stop, stride=o.stride)
     try:
         if not src.fps:
-            raise EmoError(f"{label} does not say its frame rate, so its frames cannot be given timestamps; re-mux it "
-                           "(ffmpeg -i IN -c copy OUT.mp4)")
+            raise EmoError(no_rate_message(label))
         total = int(src.cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
         rec = o.recognizer()
     except BaseException:
         src.close()
         raise
-    raw = out / f".emo-raw-{os.getpid()}.csv"  # rows as the tracker numbered them; frames.csv is made from it
+    raw = raw_path(out)  # rows as the tracker numbered them; frames.csv is made from it
     try:
         with open(raw, "w", newline="", encoding="utf-8") as fh:
             rows, sums = CsvRows(fh, rec.labels), TrackSums(rec.labels)
             summary = run(src, label, rec, [rows, sums] + ([ProgressSink(progress, total)] if progress else []), stop=stop)
         if summary.stopped_by:
             return VideoResult(label, shown(out), "stopped", f"stopped by {summary.stopped_by}", summary.frames)
-        step = o.stride / src.fps  # the seconds one processed frame stands for
-        duration = max(total, sums.last_index + 1) / src.fps  # the whole video, not only up to the last frame processed
-        kept, merged, dropped = consolidate(list(sums.tracks.values()), step, o.min_track_seconds, o.merge_gap)
-        in_timeline = sorted(sorted(kept, key=lambda s: -s.frames)[: o.timeline_tracks], key=lambda s: s.first)
-        binner = _final_frames(raw, out / "frames.csv", merged, in_timeline, duration, step, len(rec.labels))
+        facts = VideoFacts(ident, src.fps, list(src.size) if src.size else None, total)
+        return write_outputs(out, raw, sums, Counts(summary.frames, rows.rows), rec, o, params, facts, label, t0)
     finally:
         try:
             os.unlink(raw)
         except OSError:
             pass
+
+
+def no_rate_message(label: str) -> str:
+    return (f"{label} does not say its frame rate, so its frames cannot be given timestamps; re-mux it "
+            "(ffmpeg -i IN -c copy OUT.mp4)")
+
+
+def raw_path(out: Path) -> Path:
+    """Where the rows go as they come, before frames.csv is made from them (a run killed leaves
+    it; the next run of the same folder removes it, see :func:`claim`)."""
+    return out / f".emo-raw-{os.getpid()}.csv"
+
+
+@dataclass
+class VideoFacts:
+    """What summary.json says of the video itself."""
+
+    ident: dict  # see identity()
+    fps: float
+    size: Optional[list]  # [width, height]
+    frames_reported: int  # by the container (0: unknown)
+
+
+@dataclass
+class Counts:
+    frames: int  # processed
+    rows: int
+
+
+def write_outputs(out: Path, raw: Path, sums: TrackSums, counts: Counts, rec, o: AnalyzeOptions, params: dict,
+                  facts: VideoFacts, label: str, t0: float, timing: Optional[dict] = None) -> VideoResult:
+    """Everything after the frame loop: from the streamed rows (``raw``, the header and rows of
+    :class:`CsvRows`, track ids as the tracker gave them) and the track sums, write frames.csv,
+    tracks.csv, timeline.png (and frames.parquet), then summary.json, the mark of a finished
+    video. The local runner and the Ray runner (which puts its chunks' rows together first) both
+    end here. ``timing`` adds to summary.json's timing (how a runner ran)."""
+    step = o.stride / facts.fps  # the seconds one processed frame stands for
+    in_video = max(facts.frames_reported, sums.last_index + 1)
+    duration = in_video / facts.fps  # the whole video, not only up to the last frame processed
+    kept, merged, dropped = consolidate(list(sums.tracks.values()), step, o.min_track_seconds, o.merge_gap)
+    in_timeline = sorted(sorted(kept, key=lambda s: -s.frames)[: o.timeline_tracks], key=lambda s: s.first)
+    binner = _final_frames(raw, out / "frames.csv", merged, in_timeline, duration, step, len(rec.labels))
     _write_tracks(out / "tracks.csv", kept, step, rec.labels)
     _write_timeline(out / "timeline.png", in_timeline, binner, step, rec.labels, duration, label, len(kept))
     if o.parquet:
         _write_parquet(out / "frames.csv", out / "frames.parquet", rec.labels)
     seconds = time.monotonic() - t0
-    result = VideoResult(label, shown(out), "done", "", summary.frames, rows.rows, len(kept), seconds, duration)
+    result = VideoResult(label, shown(out), "done", "", counts.frames, counts.rows, len(kept), seconds, duration)
     if merged or dropped:
         result.message = f"{len(merged)} track(s) merged into others, {len(dropped)} short track(s) dropped (see {SUMMARY})"
     doc = {
         "emo": __version__,
-        "video": {**ident, "fps": src.fps, "size": list(src.size) if src.size else None, "frames_reported": total},
+        "video": {**facts.ident, "fps": facts.fps, "size": facts.size, "frames_reported": facts.frames_reported},
         "parameters": params,
         "model": {"path": shown(rec.classifier.path), "arch": rec.classifier.meta.arch, "precision": rec.classifier.meta.precision},
         "detector": {"name": rec.face_detector.name, "asked": o.detector, "model": shown(o.detector_model) if o.detector_model else None,
                      "detect_every": o.detect_every, "detect_size": getattr(rec.face_detector, "max_side", o.detect_size), "align": o.align},
-        "frames": {"in_video": max(total, sums.last_index + 1), "processed": summary.frames, "with_faces": sums.with_faces,
-                   "rows": rows.rows},
+        "frames": {"in_video": in_video, "processed": counts.frames, "with_faces": sums.with_faces, "rows": counts.rows},
         "tracks": {"rule": TRACK_RULE, "raw": len(sums.tracks), "kept": len(kept), "in_timeline": [s.id for s in in_timeline],
                    "merged": {str(k): v for k, v in sorted(merged.items())},
                    "dropped": [{"track": s.id, "frames": s.frames, "seconds": round(s.frames * step, 3)} for s in dropped]},
         "timing": {"seconds": round(seconds, 3), "video_seconds": round(duration, 3), "realtime_factor": round(result.realtime, 2),
-                   "frames_per_second": round(summary.frames / seconds, 2) if seconds else 0.0, "threads": o.threads,
-                   "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+                   "frames_per_second": round(counts.frames / seconds, 2) if seconds else 0.0, "threads": o.threads,
+                   "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **(timing or {})},
         "outputs": {n: os.stat(out / n).st_size for n in (*OUTPUTS, *(("frames.parquet",) if o.parquet else ()))},
     }
     atomic_write_text(out / SUMMARY, json.dumps(doc, indent=2))  # last: the mark of a complete analysis
@@ -257,7 +294,7 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _identity(path: Path) -> dict:
+def identity(path: Path) -> dict:
     st = os.stat(path)
     return {"path": shown(os.path.abspath(path)), "name": shown(path.name), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
 
@@ -271,7 +308,7 @@ def _read_summary(out: Path) -> Optional[dict]:
         return None
 
 
-def _complete(out: Path, params: dict, ident: dict) -> bool:
+def is_complete(out: Path, params: dict, ident: dict) -> bool:
     """Whether ``out`` holds a finished analysis of this very file with these parameters."""
     doc = _read_summary(out)
     if doc is None or doc.get("parameters") != params or doc.get("video", {}).get("path") != ident["path"]:
@@ -284,7 +321,7 @@ def _complete(out: Path, params: dict, ident: dict) -> bool:
         return False
 
 
-def _claim(out: Path, ident: dict, force: bool) -> None:
+def claim(out: Path, ident: dict, force: bool) -> None:
     """Make ``out`` ready for a new analysis: refuse to replace another video's analysis unless
     forced; remove the old summary first, so a half-redone folder never looks complete."""
     check_writable_dir(out, "--out")
