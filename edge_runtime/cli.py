@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -248,7 +249,7 @@ def evaluate(
     clf = Classifier(model, threads=usable_threads(threads), tta=tta)
     sp = load_split(data, split, clf.spec.size, skip_blank=False)
     for line in sp.report.lines():
-        print(f"emo-edge: {line.strip()}", file=sys.stderr)
+        logging.getLogger("emo").info(f"emo-edge: {line.strip()}")
     result = evaluate_faces(clf, sp, conditions, batch)
     print(format_evaluation(result, f"{shown(clf.path)} on {shown(data)} [{split}]{' (mirror-averaged)' if tta else ''}"))
     if json_out:

@@ -126,3 +126,15 @@ def test_bench_subcommands_quick(tmp_path):
     assert json.loads((tmp_path / "p.json").read_text())["rows"][0]["frames"] == 60
     r = run("emo-edge", "bench", "memory", "--photo", str(tmp_path / "none.png"), "--quick")
     assert r.returncode == 2 and "--photo" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_quiet_drops_the_info_lines(tmp_path):
+    import cv2
+    import numpy as np
+
+    for emotion in ("happy", "sad"):
+        (tmp_path / emotion).mkdir()
+        cv2.imwrite(str(tmp_path / emotion / "a.png"), np.full((48, 48), 128, np.uint8))
+    loud, quiet = run("emo-edge", "evaluate", str(tmp_path), "--model", "tiny"), run("emo-edge", "-q", "evaluate", str(tmp_path), "--model", "tiny")
+    assert loud.returncode == quiet.returncode == 0, loud.stderr + quiet.stderr
+    assert loud.stdout == quiet.stdout and "emo-edge: " in loud.stderr and "emo-edge: " not in quiet.stderr
