@@ -74,6 +74,7 @@ class Recognizer:
     smooth: float = 0.0
     detect_size: int | None = None  # longest side of the frame the detector sees (--detect-size)
     align: bool = True  # turn faces upright by their eye line, where the detector sees the eyes (YuNet)
+    tta: bool = False  # classify each face and its mirror image in one call, scores averaged
     detect_max_side: int | None = None  # deprecated: the old name of detect_size
 
     def __post_init__(self):
@@ -81,7 +82,7 @@ class Recognizer:
             warnings.warn("Recognizer(detect_max_side=...) is now detect_size", DeprecationWarning, stacklevel=3)
             if self.detect_size is None:
                 self.detect_size = self.detect_max_side
-        self.classifier = Classifier(self.model, threads=self.threads, spin=self.spin)
+        self.classifier = Classifier(self.model, threads=self.threads, spin=self.spin, tta=self.tta)
         self.face_detector = make_detector(self.detector, self.detector_model, self.detect_size)
         self.tracker = IouTracker(smooth=self.smooth)
         self.labels = self.classifier.labels

@@ -33,6 +33,7 @@ class RecognizerOptions:
     detect_every: int = 1
     detect_size: Optional[int] = None
     smooth: float = 0.0
+    tta: bool = False
     threads: int = 1
     spin: bool = True
 
@@ -40,7 +41,7 @@ class RecognizerOptions:
         return Recognizer(model=self.model, detector=self.detector,
                           detector_model=str(self.detector_model) if self.detector_model else None,
                           threads=usable_threads(self.threads), spin=self.spin, detect_every=self.detect_every,
-                          smooth=self.smooth, detect_size=self.detect_size, align=self.align)
+                          smooth=self.smooth, detect_size=self.detect_size, align=self.align, tta=self.tta)
 
 
 @dataclass

@@ -44,7 +44,7 @@ def test_the_runtime_applies_the_models_temperature(crops, tmp_path):
     hot = Classifier(_with_metadata(bundled_models()["tiny"], tmp_path / "t.onnx", temperature=2.5))
     x = np.ascontiguousarray(crops)
     z = plain.logits(normalize(x, plain.spec))
-    assert np.allclose(plain.predict_crops(x), _softmax(z), atol=1e-5)
+    assert np.allclose(plain.predict_crops(x), _softmax(z / plain.meta.temperature), atol=1e-5)
     assert np.allclose(hot.predict_crops(x), _softmax(z / 2.5), atol=1e-5)
     assert np.array_equal(hot.predict_crops(x).argmax(1), plain.predict_crops(x).argmax(1))
 
@@ -80,3 +80,19 @@ def test_fitted_temperature_calibrates_overconfident_logits():
     # ECE by hand on a tiny case: two bins, confidence 0.9 right and 0.6 wrong
     p = np.array([[0.9, 0.1], [0.6, 0.4]])
     assert expected_calibration_error(p, np.array([0, 1]), bins=15) == pytest.approx((0.1 + 0.6) / 2)
+
+
+def test_tta_reaches_infer_and_the_python_api():
+    from emo.edge_runtime.files import read_image
+    from emo.edge_runtime.recognizer import Recognizer
+
+    from conftest import REPO, run_cli
+
+    photo = REPO / "examples" / "astronaut.png"
+    plain = Recognizer(model="tiny", detector="haar").process(read_image(photo))
+    both = Recognizer(model="tiny", detector="haar", tta=True).process(read_image(photo))
+    assert [f.box for f in both] == [f.box for f in plain] and both[0].scores != plain[0].scores
+    r = run_cli("emo-edge", "infer", photo, "--model", "tiny", "--detector", "haar", "--tta", "--format", "json")
+    assert r.returncode == 0, r.stderr
+    face = json.loads(r.stdout)["faces"][0]
+    assert face["emotion"] == "happy" and face["scores"] == pytest.approx(both[0].scores, abs=0.011)
