@@ -124,6 +124,8 @@ def inside(a) -> dict:
     det = ["--detector", a.detector, "--detect-every", str(a.detect_every)]
     with tempfile.TemporaryDirectory(prefix="emo-bench-ray-") as td:
         td = Path(td)
+        (td / "home").mkdir()
+        os.environ["HOME"] = str(td / "home")  # Ray keeps an auth token in ~/.ray: the user's stays out of this cluster
         log(f"building two clips of {a.clip_seconds:g} s and a {a.long_seconds:g} s video (640x480, 30 fps)")
         clip = make_test_video(a.photo, td / "clip1.avi", frames=int(a.clip_seconds * FPS), fps=FPS)
         clips = [clip, Path(shutil.copy(clip, td / "clip2.avi"))]

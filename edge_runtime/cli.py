@@ -107,7 +107,7 @@ def serve(
 
 @app.command()
 def analyze(
-    inputs: list[str] = typer.Argument(..., help="Video files, or folders of them (not searched recursively)."),
+    inputs: list[str] = typer.Argument(..., help="Video files, http(s) URLs of video files, or folders of videos (not searched recursively)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder: one subfolder per video (frames.csv, tracks.csv, timeline.png, summary.json)."),
     stride: int = typer.Option(1, min=1, help="Process every N-th frame; timestamps stay those of the video."),
     workers: Optional[int] = typer.Option(None, min=1, help="Videos analysed in parallel, one process each (about one per core; default 1). With --ray: workers on the cluster (default: one per CPU)."),
@@ -117,7 +117,7 @@ def analyze(
     merge_gap: float = typer.Option(1.0, min=0, help="A track that starts this many seconds or less after one ended, where it ended, at a similar size and look, continues it (0: off)."),
     timeline_tracks: int = typer.Option(4, min=1, help="timeline.png shows this many tracks, the longest on screen."),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bars (default: on a terminal)."),
-    ray: bool = typer.Option(False, "--ray", help="Run on a Ray cluster (pip install \"emo-fer[ray]\"): --ray [ADDRESS], ADDRESS auto (a running cluster, else a local Ray; the default), local, HOST:PORT or ray://HOST:10001. Every node must see the inputs at the same path (docs/analyze-ray.md)."),
+    ray: bool = typer.Option(False, "--ray", help="Run on a Ray cluster (pip install \"emo-fer[ray]\"): --ray [ADDRESS], ADDRESS auto (a running cluster, else a local Ray; the default), local, HOST:PORT or ray://HOST:10001. Every node must read the inputs: the same path, or URLs (docs/analyze-ray.md)."),
     chunk_seconds: float = typer.Option(0.0, min=0, help="With --ray: videos are cut into chunks of about this many seconds (0: 60, shorter where CPUs would wait, at least 10)."),
     model: Optional[Path] = MODEL, detector: str = DETECTOR, detector_model: Optional[Path] = DETECTOR_MODEL,
     align: bool = ALIGN, detect_every: int = DETECT_EVERY, detect_size: Optional[int] = DETECT_SIZE, smooth: float = SMOOTH, tta: bool = TTA,
@@ -185,6 +185,8 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print the list as
         rows.append({"name": name, "kind": "emotion model (bundled; --model " + name + ")", "path": str(p), "bytes": p.stat().st_size,
                      "arch": m.arch, "precision": m.precision, "params": m.extra.get("params"), "macs": m.extra.get("macs"),
                      "val_accuracy": m.metrics.get(f"val_accuracy_{m.precision}", m.metrics.get("val_accuracy")),
+                     "val_degraded_mean": m.metrics.get("val_degraded_mean_int8"), "val_ece": m.metrics.get("val_ece_int8"),
+                     "temperature": m.temperature,
                      "latency_ms": m.metrics.get("latency_ms_1thread"), "latency_vs_default": m.metrics.get("latency_vs_default"),
                      "latency_device": m.metrics.get("latency_device"), "data_terms": BUNDLED_DATA_TERMS})
     for a in ASSETS.values():
@@ -205,6 +207,10 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print the list as
                 facts.append(f"{r['params'] / 1e3:.0f}k parameters")
             if num(r["val_accuracy"]):
                 facts.append(f"PublicTest {r['val_accuracy']:.2%}")
+            if num(r["val_degraded_mean"]):
+                facts.append(f"{r['val_degraded_mean']:.2%} on degraded faces (mean of ten)")
+            if num(r["val_ece"]):
+                facts.append(f"ECE {r['val_ece']:.3f}")
             if num(r["latency_ms"]):
                 ratio = f", {r['latency_vs_default']:.2f}x the default" if num(r["latency_vs_default"]) and r["name"] != "default" else ""
                 facts.append(f"{r['latency_ms']:.3f} ms per face on 1 thread{ratio}")

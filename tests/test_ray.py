@@ -6,8 +6,8 @@ The cluster runs inside `unshare -n`, a network namespace with only loopback: a 
 in the same namespace, so Ray never probes a public address or binds this machine's own. On
 it: outputs equal to a local run, row for row (a video cut into three chunks, two faces crossing
 the boundaries); a worker SIGKILLed mid-chunk (its chunk runs again: no row lost or doubled); an
-unreadable video failing alone; Ctrl-C exiting 130, and the rerun skipping the chunks done.
-Videos are made here from the bundled astronaut photo."""
+unreadable video failing alone; a video read by URL, Ctrl-C exiting 130, and the rerun skipping
+the chunks done. Videos are made here from the bundled astronaut photo."""
 from __future__ import annotations
 
 import filecmp
@@ -81,11 +81,17 @@ def _run_local(video: Path, out: Path, o: AnalyzeOptions) -> Path:
     return out
 
 
-def assert_same_outputs(a: Path, b: Path) -> None:
+def assert_same_outputs(a: Path, b: Path, url: bool = False) -> None:
+    """The same files, byte for byte, and the same summary.json but for its timing (and, when ``b``
+    read the video by URL, where the video is)."""
     for n in FILES:
         assert filecmp.cmp(a / n, b / n, shallow=False), f"{n} differs: {a / n} {b / n}"
     sa, sb = (json.loads((d / "summary.json").read_text()) for d in (a, b))
     sa.pop("timing"), sb.pop("timing")
+    if url:
+        va, vb = sa.pop("video"), sb.pop("video")
+        assert vb["path"].startswith("http://127.0.0.1:") and vb["name"] == va["name"] and vb["bytes"] == va["bytes"]
+        assert [va[k] for k in ("fps", "size", "frames_reported")] == [vb[k] for k in ("fps", "size", "frames_reported")]
     assert sa == sb
     assert not (b / CHUNKS_DIR).exists(), "finished chunks are removed with the video done"
 
@@ -93,14 +99,23 @@ def assert_same_outputs(a: Path, b: Path) -> None:
 # --- chunks in this process (no Ray) ------------------------------------------------------------
 
 def test_chunks_stitch_into_the_unsplit_run(videos, local, tmp_path):
-    """Cut at 4.4 s and 8.8 s (both faces on screen, the right one just found again): the same
-    rows, tracks (merged_from too), timeline and summary as one pass; no boundary ends a track."""
+    """Cut at 4.4 s (both faces on screen) and 8.8 s (the right one flickering in and out), read
+    by URL from a server that answers byte ranges: the same rows, tracks (merged_from too),
+    timeline and summary as one pass over the file; no boundary ends a track."""
+    from http_range import serve
+
     specs = plan_chunks(str(videos["scene"]), 1, 120, 10.0, AnalyzeOptions(), 2.2)
     assert [(s.start, s.end, s.lead) for s in specs] == [(0, 44, 0), (44, 88, 22), (88, None, 66)]  # twice the lead-in at least
-    r = analyze_chunked(videos["scene"], tmp_path / "scene", AnalyzeOptions(detector="haar"), chunk_seconds=2.2)
+    server, base = serve(videos["scene"].parent)
+    try:
+        r = analyze_chunked(f"{base}/scene.avi", tmp_path / "scene", AnalyzeOptions(detector="haar"), chunk_seconds=2.2)
+        with pytest.raises(EmoError, match="nope.avi cannot be read: HTTP 404"):
+            analyze_video(f"{base}/nope.avi", tmp_path / "nope", AnalyzeOptions(detector="haar"))
+    finally:
+        server.shutdown()
     summary = json.loads((tmp_path / "scene" / "summary.json").read_text())
     assert summary["timing"]["chunks"] == 3 and r.rows > 100
-    assert_same_outputs(local["scene"], tmp_path / "scene")
+    assert_same_outputs(local["scene"], tmp_path / "scene", url=True)
 
 
 def test_smoothing_and_a_seek_that_misses_still_stitch_exactly(videos, tmp_path, monkeypatch):
@@ -213,7 +228,9 @@ DRIVER = r'''
 import json, os, signal, subprocess, sys, time
 from pathlib import Path
 
-temp, scene, astro, bad, out = sys.argv[1:6]
+temp, scene, astro, bad, out, tests = sys.argv[1:7]
+sys.path.insert(0, tests)
+from http_range import serve  # noqa: E402
 EMO = os.path.join(os.path.dirname(sys.executable), "emo-edge")
 ARGS = ["--ray", "--no-progress", "--detector", "haar", "--chunk-seconds", "2.2"]
 report = {}
@@ -259,8 +276,9 @@ report["killed"] = victims[0] if victims else None
 _, err = p.communicate(timeout=120)
 report["one"] = {"rc": p.returncode, "stderr": err}
 
-# 2. Ctrl-C once the first chunk is done; then the same command again
-cmd = [EMO, "analyze", scene, "--out", f"{out}/two", *ARGS]
+# 2. by URL (a server in this namespace): Ctrl-C once the first chunk is done; then the same command again
+server, base = serve(Path(scene).parent)
+cmd = [EMO, "analyze", f"{base}/scene.avi", "--out", f"{out}/two", *ARGS]
 p = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
 chunks = Path(out, "two", "scene", ".emo-chunks")
 report["chunk_seen"] = bool(wait_for(lambda: chunks.is_dir() and any(chunks.iterdir()), 60))
@@ -295,10 +313,13 @@ def test_on_a_two_node_cluster(videos, local, tmp_path):
     logs = tmp_path / "logs"
     logs.mkdir()
     (logs / "driver.py").write_text(DRIVER)
-    env = {**os.environ, "BIN": str(Path(sys.executable).parent), "TEMP": str(temp), "LOGS": str(logs)}
+    (tmp_path / "home").mkdir()  # Ray keeps an auth token in ~/.ray (a local ray.init writes one): not the user's
+    env = {**os.environ, "BIN": str(Path(sys.executable).parent), "TEMP": str(temp), "LOGS": str(logs),
+           "HOME": str(tmp_path / "home")}
     try:
         r = subprocess.run(["timeout", "-k", "10", str(CLUSTER_TIMEOUT), "unshare", "-n", "bash", "-c", CLUSTER, "cluster",
-                            str(videos["scene"]), str(videos["astro"]), str(videos["bad"]), str(tmp_path / "out")],
+                            str(videos["scene"]), str(videos["astro"]), str(videos["bad"]), str(tmp_path / "out"),
+                            str(REPO / "tests")],
                            capture_output=True, text=True, env=env, timeout=CLUSTER_TIMEOUT + 30)
     finally:
         _end_leftovers(temp)
@@ -317,11 +338,11 @@ def test_on_a_two_node_cluster(videos, local, tmp_path):
     for name in ("scene", "astro"):
         assert_same_outputs(local[name], tmp_path / "out" / "one" / name)  # 0 rows lost or doubled
 
-    # Ctrl-C: exit 130, the chunks done are kept; the rerun skips them and ends as a local run does
+    # by URL, Ctrl-C: exit 130, the chunks done are kept; the rerun skips them and ends as a local run does
     assert rep["chunk_seen"] and two["rc"] == 130, two["stderr"]
     assert two["stop_seconds"] < 20 and "stopped by SIGINT" in two["stderr"] and "finished chunk(s)" in two["stderr"], two
     assert three["rc"] == 0 and "done by an earlier run" in three["stderr"], three["stderr"]
-    assert_same_outputs(local["scene"], tmp_path / "out" / "two" / "scene")
+    assert_same_outputs(local["scene"], tmp_path / "out" / "two" / "scene", url=True)
 
 
 def _end_leftovers(temp: Path) -> None:

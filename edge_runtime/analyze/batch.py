@@ -14,7 +14,7 @@ from ..errors import EmoError
 from ..files import check_writable_dir, shown
 from ..stopping import StopFlag
 from .jobs import Job, find_videos, plan, run_job
-from .video import AnalyzeOptions, VideoResult
+from .video import AnalyzeOptions, VideoResult, video_name
 from .workers import init_worker, run_in_worker
 
 # Exit status of `emo-edge analyze` (README: Analyse recordings); 130/143 when stopped by a signal.
@@ -160,7 +160,7 @@ class _Display:
 
     def started(self, i: int) -> None:
         if self.progress is not None and i not in self.tasks:
-            self.tasks[i] = self.progress.add_task(f"  {self.jobs[i].video.name[:40]}", total=self.jobs[i].frames or None)
+            self.tasks[i] = self.progress.add_task(f"  {video_name(self.jobs[i].video)[:40]}", total=self.jobs[i].frames or None)
 
     def advance(self, i: int, done: int, total: int) -> None:
         if self.progress is None:

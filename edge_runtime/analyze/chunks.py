@@ -40,7 +40,7 @@ from ..files import shown
 from ..stopping import StopFlag
 from ..tracking import IouTracker
 from .tracks import TrackSums
-from .video import AnalyzeOptions, CsvRows, no_rate_message
+from .video import AnalyzeOptions, CsvRows, check_recording, is_url, url_facts
 
 MIN_CHUNK_SECONDS = 10.0
 
@@ -56,8 +56,8 @@ def lead_frames(o: AnalyzeOptions) -> int:
 class ChunkSpec:
     """One chunk of one video: what a node needs to run it."""
 
-    video: str  # the path as every node opens it
-    bytes: int  # the file's size as the driver sees it: a node whose copy differs refuses
+    video: str  # the path (or http(s) URL) as every node opens it
+    bytes: Optional[int]  # the file's size as the driver sees it (None: a URL whose server does not say)
     index: int
     start: int  # first frame it owns
     end: Optional[int]  # first frame it does not own (None: to the end of the video)
@@ -189,9 +189,11 @@ def run_chunk(rec, spec: ChunkSpec, seed: Optional[IouTracker] = None, seek: boo
     if seed is not None:
         rec.tracker = copy.deepcopy(seed)
     video = VideoSource(spec.video, label, False, stop=stop, stride=spec.stride, start=spec.lead, seek=seek)
-    if not video.fps:
+    try:
+        check_recording(video, label)
+    except EmoError:
         video.close()
-        raise EmoError(no_rate_message(label))
+        raise
     lead_digests: dict = {}
     src = SkipTo(video, spec.start, lead_digests) if seed is not None else video
     sink = ChunkSink(spec, lambda: rec.tracker, rec.labels, lead_digests)
@@ -211,14 +213,20 @@ def run_chunk(rec, spec: ChunkSpec, seed: Optional[IouTracker] = None, seek: boo
 
 
 def check_input(spec: ChunkSpec) -> None:
-    """A node must see the driver's file: the same path, the same size."""
+    """A node must see the driver's file: the same path (or URL), the same size."""
     where = f"on node {socket.gethostname()}"
-    try:
-        size = os.stat(spec.video).st_size
-    except OSError as e:
-        raise EmoError(f"{shown(spec.video)} cannot be read {where} ({e.strerror}): every node must see the inputs at the "
-                       "same path (a shared file system; see docs/analyze-ray.md)") from None
-    if size != spec.bytes:
+    if is_url(spec.video):
+        try:
+            size = url_facts(spec.video)[0]
+        except EmoError as e:
+            raise EmoError(f"{e} {where}: every node must reach the inputs' URLs") from None
+    else:
+        try:
+            size = os.stat(spec.video).st_size
+        except OSError as e:
+            raise EmoError(f"{shown(spec.video)} cannot be read {where} ({e.strerror}): every node must see the inputs at "
+                           "the same path (a shared file system, or URLs; see docs/analyze-ray.md)") from None
+    if None not in (size, spec.bytes) and size != spec.bytes:
         raise EmoError(f"{shown(spec.video)} {where} is {size} bytes, not {spec.bytes} as where analyze runs: another "
                        "file at the same path; every node must see the same inputs")
 

@@ -8,14 +8,14 @@ import time
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Sequence, Union
 
 import cv2
 
 from ..errors import EmoError
 from ..files import IMAGE_EXTS, VIDEO_EXTS, check_file, is_dir, shown
 from ..stopping import StopFlag
-from .video import OUTPUTS, SUMMARY, AnalyzeOptions, VideoResult, analyze_video
+from .video import OUTPUTS, SUMMARY, AnalyzeOptions, VideoResult, analyze_video, is_url, video_name
 
 NAME_BYTES = 120  # longest output folder name (UTF-8), leaving room for -N within any file system's 255
 _KEPT = frozenset("-_.+,()[] ")
@@ -25,16 +25,19 @@ _OUTPUT_NAMES = {n.lower() for n in (*OUTPUTS, SUMMARY, "frames.parquet")}
 
 @dataclass
 class Job:
-    video: Path
+    video: Union[Path, str]  # a file, or an http(s) URL
     out: Path
     frames: int  # as the container reports it (0 when unknown); for the progress bars
 
 
-def find_videos(inputs: Sequence[str]) -> list[Path]:
-    """Video files named, or found (not recursively) in folders named, each once, in order."""
+def find_videos(inputs: Sequence[str]) -> list[Union[Path, str]]:
+    """Video files and http(s) URLs of video files named, or files found (not recursively) in
+    folders named, each once, in order."""
     videos, seen = [], set()
     for arg in inputs:
-        if is_dir(arg):
+        if is_url(arg):
+            found = [arg]
+        elif is_dir(arg):
             try:
                 found = sorted(p for p in Path(arg).iterdir() if p.suffix.lower() in VIDEO_EXTS and p.is_file())
             except OSError as e:
@@ -46,7 +49,7 @@ def find_videos(inputs: Sequence[str]) -> list[Path]:
             if found[0].suffix.lower() in IMAGE_EXTS:
                 raise EmoError(f"{shown(arg)} is an image; analyze takes videos (emo-edge infer reads images)")
         for p in found:
-            key = os.path.realpath(p)
+            key = p if is_url(p) else os.path.realpath(p)
             if key not in seen:
                 seen.add(key)
                 videos.append(p)
@@ -63,14 +66,14 @@ def plan(videos: Sequence[Path], out: Path, count_frames: bool = True) -> list[J
     root = os.path.realpath(out)
     jobs, used = [], set()
     for v in videos:
-        base = name = folder_name(v)
+        base = name = folder_name(Path(video_name(v)))
         n = 2
         while name.casefold() in used or _taken(out / name):
             name, n = f"{base}-{n}", n + 1
         used.add(name.casefold())
         if os.path.dirname(os.path.realpath(out / name)) != root:  # the names above cannot; a last guard
             raise EmoError(f"the output folder for {shown(v)} would be outside --out {shown(out)}; rename the video")
-        jobs.append(Job(v, out / name, _frame_count(v) if count_frames else 0))
+        jobs.append(Job(v, out / name, _frame_count(v) if count_frames and not is_url(v) else 0))
     return jobs
 
 

@@ -73,12 +73,24 @@ def connect(ray, address: Optional[str]) -> str:
     if address in (None, "auto", "local"):
         ray.init(_node_ip_address="127.0.0.1", **quiet)
         return "a local Ray (this machine)"
+    advice = "check the address (HOST:6379 from a node, ray://HOST:10001 from outside) and that the cluster is up"
+    _reachable(address, advice)
     try:
         ray.init(address=address, **quiet)
     except (ConnectionError, RuntimeError, ValueError) as e:
-        raise EmoError(f"cannot connect to the Ray cluster at {address}: {str(e).splitlines()[0][:200]}; check the "
-                       "address (HOST:6379 from a node, ray://HOST:10001 from outside) and that it is up") from None
+        raise EmoError(f"cannot connect to the Ray cluster at {address}: {str(e).splitlines()[0][:200]}; {advice}") from None
     return f"the Ray cluster at {address}"
+
+
+def _reachable(address: str, advice: str, timeout: float = 5.0) -> None:
+    """Fail in seconds, not minutes (Ray retries an address that does not answer for a long time)."""
+    import socket
+
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except (OSError, ValueError) as e:
+        raise EmoError(f"cannot connect to the Ray cluster at {address}: {getattr(e, 'strerror', None) or e}; {advice}") from None
 
 
 def analyze_ray(inputs: Sequence[str], out, options: Optional[AnalyzeOptions] = None, address: Optional[str] = None,
@@ -152,6 +164,7 @@ class _Run:
         todo = [v for v in todo if v.status == "todo"]
         for v in todo:
             self.queue.extend(v.tasks())
+        n = self.n = max(1, min(n, len(self.queue)))  # no more workers than chunks to run
         chunks = sum(len(v.specs) for v in todo)
         self.chunks = chunks
         cached = sum(v.cached for v in todo)
@@ -207,6 +220,7 @@ class _Run:
                 if t.video.status != "todo":
                     continue
                 a = self.idle.pop()
+                t.video.begin()
                 self.busy[a.run.remote(t.spec, t.seed, t.seek)] = (a, t)
             if not self.queue and not self.busy:  # every chunk asked for is in, yet a video is not done
                 for v in videos.values():

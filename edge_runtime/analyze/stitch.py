@@ -33,13 +33,13 @@ from typing import Optional, Union
 import numpy as np
 
 from ..errors import EmoError
-from ..files import atomic_write_bytes, check_file, shown
+from ..files import atomic_write_bytes, shown
 from ..tracking import IouTracker
 from .chunks import ChunkResult, ChunkSpec, plan_chunks, run_chunk
 from .jobs import Job
 from .tracks import TrackSums
-from .video import (AnalyzeOptions, Counts, CsvRows, VideoFacts, VideoResult, claim, identity, is_complete,
-                    no_rate_message, raw_path, write_outputs)
+from .video import (AnalyzeOptions, Counts, CsvRows, VideoFacts, VideoResult, check_recording, claim, identity,
+                    is_complete, is_url, raw_path, video_input, write_outputs)
 
 CHUNKS_DIR = ".emo-chunks"  # in a video's output folder: finished chunks, so that a rerun skips them
 FORMAT = 1  # of a chunk file; another makes old chunk files be redone
@@ -231,9 +231,9 @@ class ChunkedVideo:
 
         self.job, self.o, self.params, self.rec, self.force = job, o, params, rec, force
         self.label, self.out = shown(job.video), job.out
-        self.t0 = time.monotonic()
+        self.t0, self.begun = time.monotonic(), False
         self.result: Optional[VideoResult] = None
-        path = check_file(job.video, "video")
+        path = video_input(job.video)
         self.ident = identity(path)
         if not force and is_complete(job.out, params, self.ident):
             self.status = "skipped"
@@ -244,12 +244,11 @@ class ChunkedVideo:
         try:
             import cv2
 
+            check_recording(src, self.label)
             fps, frames = src.fps, int(src.cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
             size = list(src.size) if src.size else None
         finally:
             src.close()
-        if not fps:
-            raise EmoError(no_rate_message(self.label))
         self.facts = VideoFacts(self.ident, fps, size, frames)
         self.path = path
 
@@ -260,7 +259,8 @@ class ChunkedVideo:
         if self.force:
             self.store.clear()
         f = self.facts
-        self.specs = plan_chunks(os.path.abspath(self.path), self.ident["bytes"], f.frames_reported, f.fps, self.o, chunk_seconds)
+        where = self.path if is_url(self.path) else os.path.abspath(self.path)  # as every node opens it
+        self.specs = plan_chunks(where, self.ident["bytes"], f.frames_reported, f.fps, self.o, chunk_seconds)
         self.results: dict[int, tuple[ChunkResult, str]] = {}  # index -> (a lead-in run, its key), until stitched
         self.seeded: dict[int, tuple[ChunkResult, str]] = {}  # index -> (a seeded run, its key)
         self.asked: set[int] = set()  # seeded runs asked for
@@ -281,6 +281,11 @@ class ChunkedVideo:
         """The seconds of video a chunk stands for (for throughput)."""
         end = self.facts.frames_reported if spec.end is None else spec.end
         return max(0, end - spec.start) / self.facts.fps
+
+    def begin(self) -> None:
+        """Its first chunk goes to a worker: the video's time (summary.json, its line) counts from here."""
+        if not self.begun:
+            self.t0, self.begun = time.monotonic(), True
 
     def tasks(self) -> list[Task]:
         """The chunks to run that no earlier run finished (then the ones found are stitched)."""
@@ -371,7 +376,7 @@ def analyze_chunked(video, out, options: Optional[AnalyzeOptions] = None, chunk_
     o = options or AnalyzeOptions()
     o.check()
     rec = o.recognizer()
-    v = ChunkedVideo(Job(Path(video), Path(out), 0), o, o.parameters(), rec, force)
+    v = ChunkedVideo(Job(video_input(video), Path(out), 0), o, o.parameters(), rec, force)
     if v.status == "skipped":
         return v.result
     v.plan(chunk_seconds)
