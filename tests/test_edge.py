@@ -398,6 +398,7 @@ def test_models_by_name(tmp_path):
     assert {"default", "yunet"} <= set(rows)
     # each bundled model names the terms of its training data; the text list ends with them in one line
     assert all("FER2013" in rows[n]["data_terms"] and "research" in rows[n]["data_terms"] for n in bundled_models())
+    assert all(0 < rows[n]["val_degraded_mean"] < rows[n]["val_accuracy"] and rows[n]["val_ece"] <= 0.03 for n in bundled_models())
     assert "data_terms" not in rows["yunet"]
     r = run_cli("emo-edge", "models")
     assert r.returncode == 0 and "FER2013" in r.stdout.splitlines()[-1] and "commercial" in r.stdout.splitlines()[-1]
