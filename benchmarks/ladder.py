@@ -84,13 +84,20 @@ def chart(rows: list[dict], path: Path, title: str) -> bool:
     ax.set_xlim(0, max(r["latency_ms"] for r in rows) * 1.35)
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", fontsize=8)
+    save_figure(fig, path)
+    return True
+
+
+def save_figure(fig, path: Path) -> None:
+    """Write a matplotlib figure to ``path`` atomically (a temporary file, then a rename) and close it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp.png")
     fig.savefig(tmp)
     plt.close(fig)
     os.replace(tmp, path)
-    return True
 
 
 def main(argv=None) -> int:

@@ -29,7 +29,7 @@ from emo.edge_runtime.evaluation import probabilities
 from emo.edge_runtime.metrics import expected_calibration_error
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ladder import parse_models  # noqa: E402  (the same LABEL=PATH parsing as the ladder)
+from ladder import parse_models, save_figure  # noqa: E402  (the ladder's LABEL=PATH parsing and chart writing)
 
 RESULTS = Path("benchmarks") / "results"
 HEIGHTS = (12, 14, 16, 20, 24, 28, 32, 40, 48)
@@ -112,12 +112,7 @@ def chart(rows: list[dict], path: Path, title: str) -> bool:
     ax.set_xticks(HEIGHTS)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)
     return True
 
 
