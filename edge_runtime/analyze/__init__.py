@@ -5,6 +5,9 @@
 - :mod:`.jobs`: the videos named, each one's output folder, one job
 - :mod:`.batch`: many videos (:func:`analyze_batch`), in worker processes (:mod:`.workers`) when asked
 - :mod:`.timeline`: the timeline picture
+- :mod:`.ray_runner`: `--ray`, the videos cut into time chunks (:mod:`.chunks`) run on a Ray
+  cluster and stitched (:mod:`.stitch`) into the outputs of a local run; the only module that
+  imports ray
 """
 from .batch import EXIT_ALL, EXIT_NONE, EXIT_SOME, EXIT_USAGE, analyze_batch
 from .tracks import TRACK_RULE, TrackStats, TrackSums, consolidate

@@ -170,7 +170,7 @@ class _Run:
         cached = sum(v.cached for v in todo)
         _say(f"{self.where}: {len(ray.nodes())} node(s), {cpus} CPU(s); {len(todo)} video(s) in {chunks} chunk(s) of about "
              f"{secs:g} s, by {n} worker(s)" + (f"; {cached} chunk(s) done by an earlier run" if cached else ""))
-        self.show = _Bar(chunks, cached, self.bars)
+        self.show = _Bar(f"{len(todo)} video(s)", chunks, cached, self.bars)
         try:
             for v in todo:  # chunks found on disk: stitched now, perhaps all of a video
                 self._more(v.advance())
@@ -189,7 +189,7 @@ class _Run:
         for i, v in videos.items():
             if i not in self.results:
                 if self.stop.reason:
-                    kept = len(v.results) + len(v.seeded) + v.stitcher.next if hasattr(v, "stitcher") else 0
+                    kept = len(v.results) + len(v.seeded) + v.stitcher.next
                     why = f"kept {kept} finished chunk(s)" if kept else "not started"
                     self._finished(i, VideoResult(v.label, shown(v.out), "stopped", why))
                 else:
@@ -200,11 +200,10 @@ class _Run:
         videos = {}
         for i, job in enumerate(self.jobs):
             try:
-                v = ChunkedVideo(job, self.o, self.params, self.rec, self.force)
+                v = ChunkedVideo(job, self.o, self.params, self.rec, self.force, i)
             except EmoError as e:
                 self._finished(i, VideoResult(shown(job.video), shown(job.out), "failed", str(e)))
                 continue
-            v.index = i
             if v.status == "skipped":
                 self._finished(i, v.result)
             else:
@@ -333,7 +332,7 @@ def _actor_class():
 class _Bar:
     """One progress bar over all chunks (rich, on a terminal): video seconds per second, nodes and CPUs in use."""
 
-    def __init__(self, total: int, done: int, bars: bool):
+    def __init__(self, label: str, total: int, done: int, bars: bool):
         self.t0, self.video_seconds, self.n_nodes, self.n_cpus = time.monotonic(), 0.0, 0, 0
         self.progress = None
         if not bars:
@@ -346,7 +345,7 @@ class _Bar:
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("chunks"),
                                  TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"),
                                  TimeRemainingColumn(), console=Console(stderr=True), transient=True)
-        self.task = self.progress.add_task("ray", total=total or None, completed=done, rate="")
+        self.task = self.progress.add_task(label, total=total or None, completed=done, rate="")
         self.progress.start()
 
     def more(self, n: int) -> None:

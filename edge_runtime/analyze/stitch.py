@@ -226,10 +226,11 @@ class ChunkedVideo:
     (:meth:`tasks`), take what comes back (:meth:`take`), stitch, and write the outputs when the
     last chunk is in. ``status``: todo, skipped (complete already), done or failed."""
 
-    def __init__(self, job: Job, o: AnalyzeOptions, params: dict, rec, force: bool):
+    def __init__(self, job: Job, o: AnalyzeOptions, params: dict, rec, force: bool, index: int = 0):
         from ..sources import VideoSource
 
         self.job, self.o, self.params, self.rec, self.force = job, o, params, rec, force
+        self.index = index  # in the batch
         self.label, self.out = shown(job.video), job.out
         self.t0, self.begun = time.monotonic(), False
         self.result: Optional[VideoResult] = None
