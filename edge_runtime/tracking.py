@@ -37,14 +37,16 @@ class IouTracker:
 
     ``smooth`` in [0, 1) is the weight of a track's previous scores: 0 turns smoothing off, 0.6
     keeps labels steady at camera frame rates. A track survives ``max_missed`` frames unseen.
+    ``first_id`` and ``tracks`` restore a tracker that was saved (analyze --ray keeps them on disk).
     """
 
-    def __init__(self, iou_threshold: float = 0.3, smooth: float = 0.0, max_missed: int = 10):
+    def __init__(self, iou_threshold: float = 0.3, smooth: float = 0.0, max_missed: int = 10, first_id: int = 1,
+                 tracks: Optional[list[Track]] = None):
         if not 0 <= smooth < 1:
             raise ValueError("smooth must be in [0, 1)")
         self.iou_threshold, self.smooth, self.max_missed = iou_threshold, smooth, max_missed
-        self.tracks: list[Track] = []
-        self._next = 1
+        self.tracks: list[Track] = list(tracks or [])
+        self._next = first_id
 
     def update(self, boxes: list, scores: np.ndarray, angles: Optional[Sequence[float]] = None,
                looks: Optional[Sequence[Optional[np.ndarray]]] = None) -> list[Track]:
