@@ -209,6 +209,23 @@ def test_the_deployment_examples_are_valid():
     assert 'pip install --no-cache-dir "emo-fer[ray]"' in text
 
 
+def test_the_committed_benchmark_is_the_scripts_own_table():
+    """benchmarks/results/ray-*.md is what bench_ray.py makes of its JSON (no figure typed by hand),
+    and its ratios are those of its rows."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_ray", REPO / "benchmarks" / "bench_ray.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    results = sorted((REPO / "benchmarks" / "results").glob("ray-*.json"))
+    assert results
+    for path in results:
+        res = json.loads(path.read_text())
+        assert bench.to_md(res) == path.with_suffix(".md").read_text()
+        by = {r["case"]: r["video_seconds_per_second"] for r in res["rows"]}
+        assert res["ratios"]["ray_2cpu_over_local_2_workers"] == round(by["Ray, 2 nodes x 1 CPU"] / by["local, 2 workers"], 3)
+
+
 # --- a real cluster ------------------------------------------------------------------------------
 
 def _cluster_skip_reason() -> str:
