@@ -142,7 +142,15 @@ def test_smoothing_and_a_seek_that_misses_still_stitch_exactly(videos, tmp_path,
     assert_same_outputs(ref, tmp_path / "late")
 
 
-def test_a_node_that_sees_another_file_refuses(videos):
+def test_a_node_that_sees_another_file_or_model_refuses(videos):
+    from emo.edge_runtime.analyze.chunks import ChunkWorker
+
+    o = AnalyzeOptions(detector="haar")
+    params = o.parameters()
+    assert ChunkWorker(o, params).where()[1] == ""
+    worker = ChunkWorker(o, {**params, "detector_used": "yunet"})  # the driver has YuNet fetched, this node not
+    assert worker.where()[1].startswith("the analysis would differ on node ") and "detector_used differs" in worker.where()[1]
+    assert worker.run(ChunkSpec(str(videos["astro"]), 1, 0, 0, None, 0, 1, 22)) == worker.where()[1]
     spec = ChunkSpec(str(videos["astro"]), 123, 0, 0, None, 0, 1, 22)
     with pytest.raises(EmoError, match="is .* bytes, not 123 .* every node must see the same inputs"):
         check_input(spec)

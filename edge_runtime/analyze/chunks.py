@@ -70,7 +70,7 @@ class ChunkSpec:
         return f"chunk {self.index} (frames {self.start}-{'end' if self.end is None else self.end - 1})"
 
 
-def plan_chunks(video: str, size: int, frames: int, fps: float, o: AnalyzeOptions, chunk_seconds: float) -> list[ChunkSpec]:
+def plan_chunks(video: str, size: Optional[int], frames: int, fps: float, o: AnalyzeOptions, chunk_seconds: float) -> list[ChunkSpec]:
     """Cut a video of ``frames`` frames (as its container says; 0: unknown) into chunks of about
     ``chunk_seconds``, each starting on a detection frame of the whole run. The last chunk runs
     to the end of the video, however many frames the container reported."""
@@ -244,10 +244,10 @@ class ChunkWorker:
             here = options.parameters()
             if here != parameters:
                 diff = sorted(k for k in set(here) | set(parameters) if here.get(k) != parameters.get(k))
-                raise EmoError(f"the analysis would differ on node {self.host} ({', '.join(diff)}: "
-                               + ", ".join(f"{k} {here.get(k)!r} here, {parameters.get(k)!r} where analyze runs" for k in diff[:2])
-                               + "); give every node the same emo, model and detector files, or name them (--model, "
-                               "--detector haar or --detector-model)")
+                raise EmoError(f"the analysis would differ on node {self.host}: {', '.join(diff)} "
+                               + ("differs" if len(diff) == 1 else "differ") + " from where analyze runs; give every node "
+                               "the same emo, model and detector files, or name them (--model, --detector haar, "
+                               "--detector-model)")
             self.rec = options.recognizer()
         except EmoError as e:
             self.problem = str(e)
