@@ -69,6 +69,7 @@ class Split:
     images: np.ndarray  # (N, size, size) uint8
     labels: np.ndarray  # (N,) int64
     report: DataReport
+    names: list[str] | None = None  # a folder's faces: each one's file, as <class>/<file name>
 
     def fingerprint(self) -> str:
         h = hashlib.sha256()
@@ -86,9 +87,9 @@ def class_index(name: str) -> int | None:
     return None
 
 
-def _finish(images: list, labels: list, report: DataReport, skip_blank: bool) -> Split:
-    keep_i, keep_l, seen = [], [], {}
-    for img, lab in zip(images, labels):
+def _finish(images: list, labels: list, report: DataReport, skip_blank: bool, names: list | None = None) -> Split:
+    keep_i, keep_l, keep_n, seen = [], [], [], {}
+    for i, (img, lab) in enumerate(zip(images, labels)):
         if skip_blank and int(img.max()) == int(img.min()):
             report.blank_skipped += 1
             continue
@@ -101,13 +102,15 @@ def _finish(images: list, labels: list, report: DataReport, skip_blank: bool) ->
             seen[key] = lab
         keep_i.append(img)
         keep_l.append(lab)
+        if names is not None:
+            keep_n.append(names[i])
     if not keep_i:
         raise EmoError(f"no usable images for split '{report.split}' in {report.source}")
     arr = np.stack(keep_i).astype(np.uint8)
     lab = np.asarray(keep_l, np.int64)
     report.count = len(lab)
     report.per_class = {LABELS[i]: int((lab == i).sum()) for i in range(len(LABELS))}
-    return Split(arr, lab, report)
+    return Split(arr, lab, report, keep_n if names is not None else None)
 
 
 def _fix_size(img: np.ndarray, size: int, report: DataReport) -> np.ndarray:
@@ -139,7 +142,7 @@ def load_folder(folder: Path, split: str, size: int = 48, skip_blank: bool = Tru
         )
     if not subdirs:
         raise EmoError(f"{folder} has no class folders; expected {folder}/<emotion>/*.jpg with emotions {', '.join(LABELS)}")
-    images, labels = [], []
+    images, labels, names = [], [], []
     for d in subdirs:
         idx = class_index(d.name)
         files = sorted(f for f in d.iterdir() if f.suffix.lower() in IMAGE_EXTS)
@@ -153,7 +156,8 @@ def load_folder(folder: Path, split: str, size: int = 48, skip_blank: bool = Tru
                 continue
             images.append(_fix_size(img, size, report))
             labels.append(idx)
-    return _finish(images, labels, report, skip_blank)
+            names.append(f"{d.name}/{f.name}")
+    return _finish(images, labels, report, skip_blank, names)
 
 
 def load_csv(path: Path, split: str, size: int = 48, skip_blank: bool = True, limit: int | None = None) -> Split:

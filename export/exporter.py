@@ -37,6 +37,7 @@ from emo.edge_runtime.metadata import ModelMetadata
 from emo.edge_runtime.metrics import expected_calibration_error, fit_temperature
 from emo.edge_runtime.preprocess import InputSpec, normalize
 from emo.train.checkpoint import file_sha256, load_checkpoint, model_from_checkpoint
+from emo.train.data import run_group_faces
 from emo.train.models import count_macs, count_params
 
 from .equalize import equalize_separable
@@ -117,9 +118,12 @@ def prepare(ckpt: Path, opts: ExportOptions, log: Callable[[str], None]) -> Expo
         spec = replace(spec, margin=opts.crop_margin)
     out_dir = Path(opts.out_dir) if opts.out_dir else ckpt.parent
     _writable_dir(out_dir)
-    calib_src = resolve_data(opts.calib_data, ck, "calibration", "--calib-data")
-    val_src = resolve_data(opts.val_data or opts.calib_data, ck, "verification", "--val-data")
-    calib, val = load_faces(calib_src, val_src, spec.size, opts, log)
+    if not opts.calib_data and not opts.val_data and (ck.get("config") or {}).get("val_by_group"):
+        calib, val = own_faces(ck, ckpt, opts, log)
+    else:
+        calib_src = resolve_data(opts.calib_data, ck, "calibration", "--calib-data")
+        val_src = resolve_data(opts.val_data or opts.calib_data, ck, "verification", "--val-data")
+        calib, val = load_faces(calib_src, val_src, spec.size, opts, log)
     return ExportJob(ckpt, ck, model, spec, out_dir, opts.name or ckpt.stem, calib, val, opts)
 
 
@@ -159,8 +163,9 @@ def verify(job: ExportJob, fp32: Path, int8_candidates: dict[str, Path], log: Ca
                           "per_channel": job.opts.per_channel, "equalize": job.opts.equalize}
     res["verification_data"] = job.val.report.source
     res["confidence"] = calibrate_confidence(outs[method], labels, job.opts.temperature)
-    log(f"confidence: temperature {res['confidence']['temperature']:.3f}, ECE (15 bins) "
-        f"{res['confidence']['ece_before']:.4f} -> {res['confidence']['ece_after']:.4f}")
+    c = res["confidence"]
+    why = f" (not fitted: {c['not_fitted']})" if "not_fitted" in c else ""
+    log(f"confidence: temperature {c['temperature']:.3f}{why}, ECE (15 bins) {c['ece_before']:.4f} -> {c['ece_after']:.4f}")
     if job.opts.robustness:
         res["robustness_int8"] = robustness(int8_candidates[method], job.val, job.spec)
         log(f"int8 under the ten degraded conditions: mean {res['robustness_int8']['mean'] * 100:.2f}%, "
@@ -183,6 +188,8 @@ def publish(job: ExportJob, fp32: Path, int8: Path, results: dict) -> dict:
         metrics.update(val_degraded_mean_int8=r["mean"], val_degraded_worst_int8=r["worst"])
     # an ensemble's own checkpoint is rebuilt from its members (emo-train ensemble), so name them
     members = {"members": json.dumps(job.ck["ensemble"])} if job.ck.get("ensemble") else {}
+    # a model fine-tuned on a user's faces (emo-train finetune) names its base, its data and the classes it saw
+    members.update({"finetune": json.dumps(job.ck["finetune"], sort_keys=True)} if job.ck.get("finetune") else {})
     for path, precision in ((fp32, "fp32"), (int8, "int8")):
         stamp_metadata(path, ModelMetadata(
             arch=job.ck["arch"], precision=precision, input=job.spec, labels=tuple(job.ck.get("labels") or ()) or ModelMetadata.labels,
@@ -206,13 +213,32 @@ def publish(job: ExportJob, fp32: Path, int8: Path, results: dict) -> dict:
 
 
 # ---------------------------------------------------------------- the pieces
+MIN_TEMPERATURE_FACES = 50  # fewer verification faces than this give a temperature by chance
+
+
 def calibrate_confidence(logits: np.ndarray, labels: np.ndarray, temperature: Optional[float]) -> dict:
     """The temperature the runtime divides the logits by (``temperature``, or fitted on these
-    labelled faces), with the expected calibration error before (T = 1) and after."""
-    t = fit_temperature(logits, labels) if temperature is None else float(temperature)
-    return {"temperature": round(t, 4), "fitted": temperature is None,
-            "ece_before": round(expected_calibration_error(_softmax(logits), labels), 4),
-            "ece_after": round(expected_calibration_error(_softmax(logits / t), labels), 4)}
+    labelled faces), with the expected calibration error before (T = 1) and after. A fit that the
+    faces cannot support (too few, or every one right, where sharpening without end always looks
+    better) keeps T = 1 and says why."""
+    t, why = (float(temperature), "") if temperature is not None else (1.0, unfit_reason(logits, labels))
+    if temperature is None and not why:
+        t = fit_temperature(logits, labels)
+    out = {"temperature": round(t, 4), "fitted": temperature is None and not why,
+           "ece_before": round(expected_calibration_error(_softmax(logits), labels), 4),
+           "ece_after": round(expected_calibration_error(_softmax(logits / t), labels), 4)}
+    if why:
+        out["not_fitted"] = why
+    return out
+
+
+def unfit_reason(logits: np.ndarray, labels: np.ndarray) -> str:
+    """Why no temperature should be fitted on these faces ('' when one can be)."""
+    if len(labels) < MIN_TEMPERATURE_FACES:
+        return f"only {len(labels)} verification faces (a temperature needs {MIN_TEMPERATURE_FACES})"
+    if bool((np.asarray(logits).argmax(1) == np.asarray(labels)).all()):
+        return "every verification face is right, so a sharper softmax always fits better: no temperature is best"
+    return ""
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
@@ -254,6 +280,18 @@ def load_faces(calib_src: str, val_src: str, size: int, opts: ExportOptions, log
     except EmoError as e:
         raise EmoError(f"cannot use this data for export: {e}") from None
     return calib, val
+
+
+def own_faces(ck: dict, ckpt: Path, opts: ExportOptions, log: Callable[[str], None]) -> tuple[Split, Split]:
+    """A run on a user's own faces, split by group (``emo-train finetune``): calibrate on the faces
+    it trained on, verify on the groups it held out (sampled as --calib-size and --val-size say)."""
+    try:
+        calib, val = run_group_faces(ck, str(ckpt))
+    except EmoError as e:
+        raise EmoError(f"cannot use this data for export: {e}") from None
+    log(f"calibration faces: the run's training faces, {calib.report.source}; verification faces: the groups it held out, "
+        f"{val.report.source}")
+    return _sample(calib, opts.calib_size, opts.seed), _sample(val, opts.val_size, opts.seed + 1)
 
 
 def _sample(split: Split, n: int, seed: int) -> Split:
@@ -337,10 +375,14 @@ def check_gates(ref_logits: np.ndarray, fp32_logits: np.ndarray, int8_logits: np
     r = {"n": int(len(labels)), "accuracy_torch": acc(p_ref), "accuracy_fp32": acc(p32), "accuracy_int8": acc(p8),
          "max_abs_diff_fp32_vs_torch": diff, "top1_agreement_int8_vs_fp32": agree,
          "accuracy_drop_int8": acc(p32) - acc(p8)}
+    min_agreement, max_acc_drop = g.min_agreement, g.max_acc_drop
+    if g.one_face and len(labels):  # one face of n is 1/n: on 40 faces, 2.5 points
+        one = 1.0 / len(labels) + 1e-9
+        min_agreement, max_acc_drop = min(min_agreement, 1.0 - one), max(max_acc_drop, one)
     r["gates"] = {
         "fp32_matches_torch": {"value": diff, "threshold": g.max_abs_diff, "passed": bool(np.isfinite(diff) and diff <= g.max_abs_diff)},
-        "int8_agrees_with_fp32": {"value": agree, "threshold": g.min_agreement, "passed": agree >= g.min_agreement},
-        "int8_accuracy_drop": {"value": r["accuracy_drop_int8"], "threshold": g.max_acc_drop, "passed": r["accuracy_drop_int8"] <= g.max_acc_drop},
+        "int8_agrees_with_fp32": {"value": agree, "threshold": min_agreement, "passed": agree >= min_agreement},
+        "int8_accuracy_drop": {"value": r["accuracy_drop_int8"], "threshold": max_acc_drop, "passed": r["accuracy_drop_int8"] <= max_acc_drop},
     }
     return r
 
@@ -372,7 +414,8 @@ def format_report(r: dict) -> str:
     lines = ["".join(f"{c:<28}" if i == 0 else f"{c:>14}" for i, c in enumerate(row)) for row in rows]
     lines.append(f"int8/fp32 latency ratio {lat['int8_over_fp32']:.2f}; calibration {r['calibration']['method']} on {r['calibration']['faces']} faces")
     c = r["confidence"]
-    lines.append(f"confidence: temperature {c['temperature']:g} ({'fitted on the verification faces' if c['fitted'] else 'given'}); "
+    how = "fitted on the verification faces" if c["fitted"] else f"not fitted: {c['not_fitted']}" if "not_fitted" in c else "given"
+    lines.append(f"confidence: temperature {c['temperature']:g} ({how}); "
                  f"ECE (15 bins) {c['ece_before']:.4f} -> {c['ece_after']:.4f}")
     if "robustness_int8" in r:
         rb = r["robustness_int8"]

@@ -1,4 +1,4 @@
-"""`emo-train`: train a FER2013 model, or evaluate a checkpoint."""
+"""`emo-train`: train a FER2013 model, fine-tune one on your own faces, or evaluate a checkpoint."""
 from __future__ import annotations
 
 import json
@@ -174,6 +174,85 @@ def half(
     from .half import half_checkpoint
 
     half_checkpoint(checkpoint, out, data, min_agreement=min_agreement, max_drop=max_drop / 100, log=lambda *a: print(*a, flush=True))
+
+@app.command()
+def finetune(
+    data: Path = typer.Argument(..., help="Your faces: DATA/<emotion>/*.png (or .jpg), any size, colour or gray, named "
+                                "<group>_<anything> (the group: a person or session), as emo-edge collect writes them."),
+    base: str = typer.Option("default", "--from", help="The model to start from: tiny, default, or a model.pt. "
+                             "(large, an ensemble of three networks, is refused: fine-tune default instead.)"),
+    replay: Optional[str] = typer.Option(None, help="FER2013 folder or CSV whose faces are replayed so the model does "
+                                         "not forget (default: the base model's training data, when it is here; none: off)."),
+    groups: Optional[Path] = typer.Option(None, help="CSV with columns file,group giving each face's group, instead of "
+                                          "the file-name prefix before the first '_'."),
+    val_fraction: Optional[float] = typer.Option(None, help="Share of the groups held out to validate on (default 0.2)."),
+    seed: Optional[int] = typer.Option(None, help="Seed of the split and the training (default 0)."),
+    export: bool = typer.Option(False, "--export", help="Then export fp32 and int8 ONNX (emo-export), calibrated on your "
+                                "training faces and verified on your validation faces."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Recipe (default: configs/finetune.toml); --set overrides it."),
+    set_: List[str] = typer.Option([], "--set", help="Any training setting as KEY=VALUE, e.g. --set max_steps=600 --set lr=0.0005."),
+    out: str = typer.Option("runs", help="Folder for runs."),
+    name: Optional[str] = typer.Option(None, help="Run name (default: finetune-<base>-<fingerprint of DATA>, so a "
+                                       "rerun on the same faces continues the same run)."),
+    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or cuda:N."),
+    threads: Optional[int] = typer.Option(None, help="CPU threads for torch (0: default)."),
+    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bar."),
+) -> None:
+    """Teach a trained model your own faces, without forgetting the rest.
+
+    Splits DATA by group into training and validation faces (about --val-fraction of the groups,
+    stratified by emotion where the groups allow, fixed by --seed), so frames of one person never
+    sit on both sides. Your faces teach their labels; the base model, frozen, teaches the student
+    its own answers on replayed FER2013 faces, so the emotions your faces lack keep working
+    (with nothing to replay, it teaches on your faces instead, blended with their labels).
+    Prints accuracy before and after on your validation faces and on FER2013 PublicTest (when at
+    hand), and writes OUT/NAME/{model.pt,finetune.json}; with --export also model.onnx and
+    model.int8.onnx, for `emo-edge infer SOURCE --model OUT/NAME/model.int8.onnx`.
+
+    Stopped (Ctrl-C)? Run the same command again: it continues where it stopped.
+    """
+    import shlex
+
+    from .config import parse_sets
+    from .finetune import FinetuneRequest, finetune as run_finetune, format_before_after
+    from .trainer import Stop
+
+    req = FinetuneRequest(data=str(data), base=base, replay=replay, groups=str(groups) if groups else "", val_fraction=val_fraction,
+                          seed=seed, recipe=config, overrides=parse_sets(set_), out=out, name=name or "")
+    log = lambda *a: print(*a, flush=True)  # noqa: E731
+    again = "the same command again: " + shlex.join(["emo-train", *sys.argv[1:]])
+    try:
+        result = run_finetune(req, log=log, live={"threads": threads, "device": device, "progress": progress}, resume_hint=again)
+    except Stop:
+        raise typer.Exit(130)
+    if export:
+        code = export_finetuned(result, log)
+        if code:
+            print(format_before_after(result))
+            raise typer.Exit(code)
+    print(format_before_after(result))
+    model = Path(result["run"]) / ("model.int8.onnx" if export else "model.pt")
+    print(f"fine-tuned model: {model}" + (f"\nrun it: emo-edge infer SOURCE --model {model}" if export else
+                                          f"\nexport it for emo-edge: emo-export {model} (or rerun with --export)"))
+
+
+def export_finetuned(result: dict, log) -> int:
+    """emo-export on the fine-tuned checkpoint (a separate process: emo.train never imports
+    emo.export), calibrated on the user's training faces and verified on their validation faces
+    (its default for a run split by group), with int8 gates that one face cannot fail; adds the
+    int8 accuracy to ``result``. Returns its exit code."""
+    import subprocess
+
+    log(f"exporting: emo-export {result['checkpoint']} --one-face (the int8 gates tolerate one of your "
+        f"{result['faces']['val']} validation faces)")
+    r = subprocess.run([sys.executable, "-m", "emo.export.cli", result["checkpoint"], "--one-face"])
+    report = Path(result["run"]) / "export-report.json"
+    if report.is_file():
+        rep = json.loads(report.read_text())
+        if rep.get("checkpoint_sha256") and rep.get("accuracy_int8") is not None:
+            result["int8"] = {"accuracy": rep["accuracy_int8"], "passed": rep["passed"], "files": rep["files"]}
+    return r.returncode
+
 
 def main() -> None:
     cli_main(app, "emo-train", "emo-train needs the training install: pip install 'emo-fer[train]'")

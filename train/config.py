@@ -51,6 +51,13 @@ class TrainConfig:
     degrade_min_px: int = 12  # the smallest face height the degradation shrinks a face to
     class_weights: bool = False
     val_fraction: float = 0.1  # only used when the data has no validation split
+    val_by_group: bool = False  # hold out whole groups (file-name prefix before '_', or groups_csv): a user's own faces
+    groups_csv: str = ""  # with val_by_group: a CSV of file,group instead of the file-name prefix
+    repeat: int = 1  # an epoch passes over the training faces this many times (few faces: fewer validations)
+    replay: str = ""  # FER2013 root or CSV: its train faces are replayed, the teachers' soft labels distilled on them
+    replay_batch: int = 32  # replayed faces per step, beside batch_size faces of the data
+    replay_size: int = 0  # replay at most this many faces, a stratified sample fixed by the seed (0: all)
+    replay_alpha: float = 1.0  # weight of the distillation loss on the replayed faces
     patience: int = 15  # early stopping on val accuracy; 0 = off
     seed: int = 0
     input_size: int = InputSpec.size  # the input defaults are the runtime's (preprocess.InputSpec)
@@ -71,11 +78,12 @@ class TrainConfig:
     fold_seed: int = 0  # fixes which faces fall in which fold (the same for every fold run and its student)
     ema: float = 0.0  # decay of an exponential moving average of the weights (0: off); validated and saved
     bn_recalibrate: bool = False  # validate and save a copy whose BatchNorm statistics come from the plain training faces
+    bn_frozen: bool = False  # BatchNorm layers keep the running statistics they start with (fine-tuning: the base's)
     threads: int = 0  # torch intra-op threads on CPU; 0 = torch's default
     limit_per_class: int = 0  # load at most this many images per class (quick runs, tests)
     tta: bool = False  # also report flip-averaged validation accuracy
     val_degrade: bool = False  # also validate on the robustness benchmark's conditions (mean and worst)
-    select: str = "accuracy"  # the best epoch by: accuracy (clean) | robust (mean of clean and the degraded mean)
+    select: str = "accuracy"  # the best epoch by: accuracy (clean) | robust (mean of clean and the degraded mean) | last
     out: str = "runs"
     name: str = ""  # default: the recipe's file name, else ARCH-TIMESTAMP
     plots: bool = True

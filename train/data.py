@@ -1,12 +1,17 @@
-"""The trainer's view of the data: which faces it trains on and which it validates on."""
+"""The trainer's view of the data: which faces it trains on and which it validates on (FER2013's
+splits, a stratified fraction, or a user's own faces split by person or session)."""
 from __future__ import annotations
 
+import csv
 import hashlib
+from pathlib import Path
 
 import numpy as np
 
-from emo.edge_runtime.dataset import Split, has_split, load_split, stratified_split
+from emo.edge_runtime.dataset import DataReport, Split, class_index, has_split, load_folder, load_split, stratified_split
 from emo.edge_runtime.errors import EmoError
+from emo.edge_runtime.files import IMAGE_EXTS
+from emo.edge_runtime.labels import LABELS
 
 
 def train_val_splits(data: str, size: int, limit: int | None, val_fraction: float, seed: int) -> tuple[Split, Split]:
@@ -86,3 +91,134 @@ def fold_faces(ck: dict, data: str, which: str, name: str) -> tuple[Split, str]:
     how = "held out: never trained on" if k == rec["fold"] else "trained on"
     return (Split(train.images[idx], train.labels[idx], train.report),
             f"fold {k} of {folds} ({how}), {len(idx)} training faces")
+
+
+# ---------------------------------------------------------------- a user's own faces, split by group
+MIN_FACES = 10  # fewer faces than this are too few to fine-tune on and validate
+
+
+def face_groups(names: list[str], groups_csv: str = "") -> list[str]:
+    """The group of each face (``names`` as :func:`load_folder` gives them, ``<class>/<file>``): the
+    file name's prefix before its first ``_`` (``alice_0007.png`` -> ``alice``; a name without one is
+    a group of its own), or the ``group`` column of ``groups_csv`` (columns ``file,group``; a file is
+    matched by its path in the folder, ``happy/x.png``, or by its name alone)."""
+    if not groups_csv:
+        return [Path(n).name.split("_", 1)[0] if "_" in Path(n).name else Path(n).stem for n in names]
+    rows = read_groups_csv(groups_csv)
+    by_name: dict = {}
+    for f, g in rows.items():
+        by_name.setdefault(Path(f).name, set()).add(g)
+    out, missing = [], []
+    for n in names:
+        g = rows.get(n)
+        if g is None:
+            cands = by_name.get(Path(n).name, set())
+            g = next(iter(cands)) if len(cands) == 1 else None
+        if g is None:
+            missing.append(n)
+        out.append(g)
+    if missing:
+        raise EmoError(f"--groups {groups_csv} gives no group for {len(missing)} of the {len(names)} faces, e.g. "
+                       f"{', '.join(missing[:3])}; add a row file,group for each (file as <emotion>/<name> or the name)")
+    return out
+
+
+def read_groups_csv(path: str) -> dict:
+    """``file -> group`` from a CSV with a header naming the columns ``file`` and ``group``."""
+    p = Path(path)
+    try:
+        with open(p, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            cols = [c.strip().lower() for c in reader.fieldnames or []]
+            if "file" not in cols or "group" not in cols:
+                raise EmoError(f"--groups {p} needs a header with the columns file and group (found: {', '.join(cols) or 'none'})")
+            fkey, gkey = (reader.fieldnames[cols.index(k)] for k in ("file", "group"))
+            rows = {r[fkey].strip().replace("\\", "/"): r[gkey].strip() for r in reader if r.get(fkey) and r.get(gkey)}
+    except FileNotFoundError:
+        raise EmoError(f"--groups {p} does not exist; pass a CSV with the columns file,group") from None
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise EmoError(f"cannot read --groups {p}: {e}") from None
+    return rows
+
+
+def group_split(labels: np.ndarray, groups: list[str], fraction: float, seed: int) -> np.ndarray:
+    """Which faces validate (a boolean mask): whole groups, about ``fraction`` of them, so frames of
+    one person or session never fall on both sides. The groups are taken in an order fixed by
+    ``seed``, each joining validation while that brings its class counts closer to ``fraction`` of
+    every class (stratified where the groups allow; a class with one group stays in training);
+    then, up to the number wanted, the groups that do least harm."""
+    if not 0 < fraction < 1:
+        raise EmoError(f"--val-fraction must be between 0 and 1, got {fraction}")
+    names, gi = np.unique(np.asarray(groups, dtype=object).astype(str), return_inverse=True)
+    n_groups = len(names)
+    if n_groups < 2:
+        raise EmoError(f"all {len(labels)} faces belong to one group ({names[0]!r}), so none are left to validate on; "
+                       "faces of at least two people or sessions are needed (the file-name prefix before '_', or --groups CSV)")
+    counts = np.zeros((n_groups, len(LABELS)))
+    np.add.at(counts, (gi, labels), 1)
+    target = fraction * counts.sum(0)
+    want = min(n_groups - 1, max(1, int(round(fraction * n_groups))))
+    cost = lambda c: float((((c - target) ** 2) / np.maximum(target, 1.0)).sum())  # noqa: E731
+    val, cur = [], np.zeros(len(LABELS))
+    for g in np.random.default_rng(seed).permutation(n_groups):
+        if len(val) < want and cost(cur + counts[g]) < cost(cur):
+            val.append(g)
+            cur = cur + counts[g]
+    while len(val) < want:
+        rest = [g for g in range(n_groups) if g not in val]
+        g = min(rest, key=lambda g: (cost(cur + counts[g]), names[g]))
+        val.append(g)
+        cur = cur + counts[g]
+    return np.isin(gi, val)
+
+
+def group_splits(data: str, size: int, val_fraction: float, seed: int, groups_csv: str = "") -> tuple[Split, Split, dict]:
+    """A user's folder of ``<emotion>/`` faces split into training and validation faces by group
+    (:func:`face_groups`, :func:`group_split`), and a record of it: a fingerprint of the data (faces,
+    labels and groups), the classes seen, and the groups on each side."""
+    folder = Path(data)
+    if not folder.is_dir():
+        raise EmoError(f"{data} is not a folder; pass a folder of <emotion>/ face images (angry/, happy/, ...)")
+    empty = [d.name for d in sorted(folder.iterdir()) if d.is_dir() and class_index(d.name) is not None
+             and not any(f.suffix.lower() in IMAGE_EXTS for f in d.iterdir())]
+    if empty:
+        raise EmoError(f"class folder(s) {', '.join(empty)} in {data} hold no images; add faces or remove the folder(s)")
+    try:
+        every = load_folder(folder, "all", size)
+    except EmoError as e:
+        if "no usable images" not in str(e):
+            raise
+        raise EmoError(f"none of the images in {data} could be read (or they are blank); "
+                       "give PNG or JPEG face crops in <emotion>/ folders") from None
+    if len(every.labels) < MIN_FACES:
+        raise EmoError(f"{data} holds {len(every.labels)} usable faces; fine-tuning needs at least {MIN_FACES} "
+                       "(and faces of at least two people or sessions to validate on)")
+    groups = face_groups(every.names, groups_csv)
+    val = group_split(every.labels, groups, val_fraction, seed)
+    g = np.asarray(groups, dtype=object)
+    h = hashlib.sha256(every.fingerprint().encode())
+    h.update("\n".join(f"{n}\t{gr}" for n, gr in zip(every.names, groups)).encode())
+    seen = [LABELS[c] for c in range(len(LABELS)) if (every.labels == c).any()]
+    record = {"fingerprint": h.hexdigest(), "faces": int(len(every.labels)), "classes_seen": seen,
+              "groups": {"train": int(len(set(g[~val]))), "val": int(len(set(g[val]))), "file": groups_csv or "file-name prefix"},
+              "val_groups": sorted(set(g[val].tolist())), "report": every.report.to_dict()}
+
+    def side(m: np.ndarray, name: str) -> Split:
+        rep = DataReport(source=f"{data} ({name}: {len(set(g[m]))} of {len(set(g))} groups)", split=name, count=int(m.sum()))
+        rep.per_class = {LABELS[i]: int((every.labels[m] == i).sum()) for i in range(len(LABELS))}
+        return Split(every.images[m], every.labels[m], rep, [n for n, k in zip(every.names, m) if k])
+
+    return side(~val, "train"), side(val, "val"), record
+
+
+def run_group_faces(ck: dict, name: str) -> tuple[Split, Split]:
+    """The training and validation faces of a run that split its data by group (``val_by_group``),
+    cut again from its data as the run cut them; refused when those faces have changed since."""
+    cfg = ck.get("config") or {}
+    if not cfg.get("val_by_group"):
+        raise EmoError(f"{name} did not split its faces by group, so it has no faces of its own to hand on; pass the data")
+    train, val, rec = group_splits(cfg["data"], ck["input"]["size"], cfg["val_fraction"], cfg["seed"], cfg.get("groups_csv", ""))
+    if rec["fingerprint"] != ((ck.get("data") or {}).get("groups") or {}).get("fingerprint"):
+        raise EmoError(f"the faces in {cfg['data']} have changed since {name} was trained on them; pass --calib-data and "
+                       "--val-data, or fine-tune again")
+    return train, val

@@ -12,14 +12,18 @@ from emo.edge_runtime.preprocess import InputSpec
 from .checkpoint import load_checkpoint, model_from_checkpoint
 
 
-def load_teachers(paths: list[str], kd_alpha: float, spec: InputSpec, device: torch.device) -> list[nn.Module]:
-    """The frozen teacher models (none when ``kd_alpha`` is 0); each must read the student's input."""
+def load_teachers(paths: list[str], kd_alpha: float, spec: InputSpec, device: torch.device, replay: bool = False) -> list[nn.Module]:
+    """The frozen teacher models (none when ``kd_alpha`` is 0 and no faces are replayed for them to
+    teach); each must read the student's input."""
     if kd_alpha and not paths:
         raise EmoError("kd_alpha is set but no teachers are given; add teachers = [\"runs/NAME/model.pt\", ...]")
+    if replay and not paths:
+        raise EmoError("replay is set but no teachers are given: the replayed faces learn the teachers' soft labels; "
+                       "add teachers = [\"runs/NAME/model.pt\", ...]")
     if not 0.0 <= kd_alpha <= 1.0:
         raise EmoError(f"kd_alpha must be within [0, 1], got {kd_alpha}")
     out = []
-    for path in paths if kd_alpha else []:
+    for path in paths if kd_alpha or replay else []:
         ck = load_checkpoint(path)
         if InputSpec.from_dict(ck["input"]) != spec:
             raise EmoError(f"teacher {path} reads input {ck['input']}, the student {spec.to_dict()}; "

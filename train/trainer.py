@@ -9,6 +9,10 @@ and dropout random streams are all derived from the seed and the step, or saved)
 Two objects hold everything: :class:`Run`, what is built once (data, model, optimiser, teachers),
 and :class:`RunState`, what changes as the run goes and is saved in ``last.pt`` to resume it.
 
+With ``replay`` (fine-tuning on a user's faces), each step also draws faces of a second set,
+FER2013's, and the loss adds the teachers' soft labels on them, so the model learns the new faces
+without forgetting the old (learning without forgetting, with rehearsal of unlabelled faces).
+
 Under ``torchrun`` each process takes an interleaved slice of every global batch and DDP
 averages the gradients, so the global batch, and so the result, matches a single process.
 """
@@ -29,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from emo.edge_runtime.dataset import Split
+from emo.edge_runtime.dataset import Split, load_split, stratified_split
 from emo.edge_runtime.degrade import CONDITIONS, degrade_images, summarize
 from emo.edge_runtime.errors import EmoError
 from emo.edge_runtime.labels import LABELS
@@ -39,7 +43,7 @@ from emo.edge_runtime.stopping import StopFlag
 from .augment import augment, degrade, epoch_permutation, mixup, step_generator
 from .checkpoint import load_checkpoint, make_checkpoint, model_from_checkpoint, save_atomic
 from .config import TrainConfig
-from .data import assignment_sha256, fold_assignment, fold_record, train_val_splits
+from .data import assignment_sha256, fold_assignment, fold_record, group_splits, train_val_splits
 from .distill import ema_decay, ema_update, heldout_teacher_probs, load_teachers, make_ema, order_heldout_teachers, teacher_probs
 from .evaluate import evaluate_split
 from .models import build_model, count_macs, count_params, grow_state_dict
@@ -48,7 +52,7 @@ from .recalibrate import batchnorm_layers, recalibrate_bn
 from .runlog import write_logs
 
 ROBUST_KEYS = ("val_degraded_mean", "val_degraded_worst", "val_robust")
-SELECT_KEYS = {"accuracy": "val_accuracy", "robust": "val_robust"}
+SELECT_KEYS = {"accuracy": "val_accuracy", "robust": "val_robust", "last": ""}  # "": every epoch replaces the one before
 RESUME_OVERRIDABLE = ("patience", "progress", "plots", "threads", "device", "data")
 
 
@@ -81,9 +85,10 @@ class RunState:
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
     def record(self, row: dict, report: dict, key: str = "val_accuracy") -> bool:
-        """Add a finished epoch's row; True when it is the best so far by ``row[key]``."""
+        """Add a finished epoch's row; True when it is the best so far by ``row[key]`` (or, with no
+        ``key``, always: the last epoch is kept)."""
         self.history.append(row)
-        improved = row[key] > self.best.get(key, -1.0)
+        improved = row[key] > self.best.get(key, -1.0) if key else True
         if improved:
             self.best = {"val_accuracy": row["val_accuracy"], "epoch": row["epoch"], "step": row["step"],
                          "val_macro_f1": row["val_macro_f1"]}
@@ -111,6 +116,7 @@ class Run:
     y_train: torch.Tensor
     val: Split
     val_degraded: dict  # val_degrade: the validation faces under each benchmark condition
+    replay: Optional[np.ndarray]  # replay: uint8 faces (N, H, W) the teachers teach beside the data
     data_record: dict  # where the data came from and its fingerprints, saved in every checkpoint
     arch_info: dict  # parameters and MACs, saved in every checkpoint
     model: nn.Module
@@ -132,12 +138,14 @@ class Run:
         return bool(self.cfg.patience) and state.bad_epochs >= self.cfg.patience
 
 
-def train(cfg: Optional[TrainConfig], resume: Optional[str] = None, overrides: Optional[dict] = None, log=print) -> Path:
+def train(cfg: Optional[TrainConfig], resume: Optional[str] = None, overrides: Optional[dict] = None, log=print,
+          resume_hint: str = "") -> Path:
     """Train per ``cfg``; returns the run folder.
 
     ``resume`` (a run folder or its last.pt) continues a stopped run with its saved config; only
     the keys in ``RESUME_OVERRIDABLE`` may be changed through ``overrides``, since anything else
     (epochs, learning rate, ...) would make the result differ from an uninterrupted run.
+    ``resume_hint`` is the command a stopped run names to continue (default: ``emo-train fit --resume``).
     """
     saved = None
     if resume:
@@ -161,13 +169,14 @@ def train(cfg: Optional[TrainConfig], resume: Optional[str] = None, overrides: O
     except Stop as s:
         if run.is_main:
             save_atomic(checkpoint(run, state, run.model, resumable=True), run.dir / "last.pt")
-        run.log(f"stopped by {s}; progress saved to {run.dir / 'last.pt'}. Continue with: emo-train fit --resume {run.dir}")
+        run.log(f"stopped by {s}; progress saved to {run.dir / 'last.pt'}. Continue with: {resume_hint or f'emo-train fit --resume {run.dir}'}")
         raise
     finally:
         stop.restore()
         if run.world > 1 and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
-    run.log(f"best val accuracy {state.best['val_accuracy']:.4f} at epoch {state.best['epoch']}; checkpoint {run.dir / 'model.pt'}")
+    which = "kept the last epoch: val accuracy" if cfg.select == "last" else "best val accuracy"
+    run.log(f"{which} {state.best['val_accuracy']:.4f} at epoch {state.best['epoch']}; checkpoint {run.dir / 'model.pt'}")
     return run.dir
 
 
@@ -181,6 +190,9 @@ def train_epoch(run: Run, state: RunState, stop: StopFlag) -> None:
     bar = tqdm(total=n_batches, initial=state.batch, desc=f"epoch {state.epoch + 1}/{run.epochs}", unit="batch",
                dynamic_ncols=True, file=sys.stderr, disable=not (run.is_main and cfg.progress and sys.stderr.isatty()))
     run.ddp_model.train()
+    if cfg.bn_frozen:  # normalise with the statistics the run started from, and leave them as they are
+        for layer in batchnorm_layers(run.model):
+            layer.eval()
     try:
         for b in range(state.batch, n_batches):
             idx = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
@@ -213,12 +225,15 @@ def train_step(run: Run, idx: torch.Tensor, g: torch.Generator, step: int) -> tu
         clean = clean[run.rank :: run.world]
     xb, yb = xb.to(run.device, non_blocking=True), yb.to(run.device, non_blocking=True)
     teacher_x = clean.to(run.device, non_blocking=True) if cfg.kd_clean else xb
+    xr = replay_batch(run, g) if run.replay is not None else None
     set_lr(run.opt, cfg.lr * lr_factor(cfg, step, run.total_steps, run.steps_per_epoch))
     with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.use_amp):
-        logits = run.ddp_model(xb)
-    logits = logits.float()
+        out = run.ddp_model(xb if xr is None else torch.cat([xb, xr]))  # one pass: BatchNorm sees both
+    logits = out[: len(xb)].float()
     folds = run.face_folds[idx][run.rank :: run.world] if run.face_folds is not None else None
     loss = compute_loss(run, logits, teacher_x, yb, lam, partner, folds)
+    if xr is not None:
+        loss = loss + cfg.replay_alpha * cfg.kd_temperature**2 * distill_loss(run, out[len(xb) :].float(), xr)
     run.opt.zero_grad(set_to_none=True)
     loss.backward()
     run.opt.step()
@@ -237,16 +252,35 @@ def compute_loss(run: Run, logits: torch.Tensor, xb: torch.Tensor, yb: torch.Ten
     loss = ce(yb)
     if partner is not None:
         loss = lam * loss + (1 - lam) * ce(yb[partner.to(run.device)])
-    if run.teachers:
+    if run.teachers and cfg.kd_alpha:
         if face_folds is not None:
             tp = heldout_teacher_probs(run.teachers, face_folds, xb, cfg.kd_temperature, run.use_amp, cfg.kd_flip)
+            kd = F.kl_div((logits / cfg.kd_temperature).log_softmax(1), tp, reduction="batchmean")
         else:
-            tp = teacher_probs(run.teachers, xb, cfg.kd_temperature, run.use_amp, cfg.kd_flip)
-        kd = F.kl_div((logits / cfg.kd_temperature).log_softmax(1), tp, reduction="batchmean")
+            kd = distill_loss(run, logits, xb)
         loss = (1 - cfg.kd_alpha) * loss + cfg.kd_alpha * cfg.kd_temperature**2 * kd
     if cfg.l2:
         loss = loss + cfg.l2 * 0.5 * sum((p * p).sum() for p in run.model.parameters())
     return loss
+
+
+def distill_loss(run: Run, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """KL divergence of the student's ``logits`` from the teachers' probabilities on faces ``x``,
+    both softened by ``kd_temperature`` (callers scale it by the temperature squared)."""
+    t = run.cfg.kd_temperature
+    tp = teacher_probs(run.teachers, x, t, run.use_amp, run.cfg.kd_flip)
+    return F.kl_div((logits / t).log_softmax(1), tp, reduction="batchmean")
+
+
+def replay_batch(run: Run, g: torch.Generator) -> torch.Tensor:
+    """``replay_batch`` replayed faces drawn (with ``g``, after the data's own draws), normalised and
+    augmented as the data is; under torchrun, this process's slice of them."""
+    cfg = run.cfg
+    pick = torch.randint(0, len(run.replay), (cfg.replay_batch,), generator=g).numpy()
+    xr = torch.from_numpy(normalize(run.replay[pick], run.spec))
+    if cfg.augment:
+        xr = augment(xr, cfg, g)
+    return xr[run.rank :: run.world].to(run.device, non_blocking=True)
 
 
 def end_epoch(run: Run, state: RunState, t0: float) -> None:
@@ -354,23 +388,26 @@ def setup(cfg: TrainConfig, resuming: bool, log: Callable) -> Run:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = start_device(cfg.device, world, local_rank)
-    train_split, val_split = train_val_splits(cfg.data, cfg.input_size, cfg.limit_per_class or None, cfg.val_fraction, cfg.seed)
-    for line in train_split.report.lines() + val_split.report.lines():
-        log(line)
-    spec = cfg.input_spec
-    data_record = {"source": str(Path(cfg.data).resolve()), "train_fingerprint": train_split.fingerprint(),
-                   "val_fingerprint": val_split.fingerprint(), "train_report": train_split.report.to_dict(),
-                   "val_report": val_split.report.to_dict()}
     check_robust_settings(cfg)
+    check_replay_settings(cfg)
+    train_split, val_split, data_record = run_data(cfg, log)
+    spec = cfg.input_spec
     keep, teacher_paths, face_folds = folds_of_run(cfg, train_split, data_record, log)
     x_train = torch.from_numpy(normalize(train_split.images[keep], spec))
     y_train = torch.from_numpy(train_split.labels[keep])
+    if cfg.repeat > 1:  # few faces: one epoch passes over them several times (each pass in its own order)
+        x_train, y_train = x_train.repeat(cfg.repeat, 1, 1, 1), y_train.repeat(cfg.repeat)
+        face_folds = face_folds.repeat(cfg.repeat) if face_folds is not None else None
+    replay = replay_faces(cfg, data_record)
     model, arch_info = build_student(cfg, resuming, log)
     model.to(device)
-    teachers = load_teachers(teacher_paths, cfg.kd_alpha, spec, device)
-    if teachers:
+    teachers = load_teachers(teacher_paths, cfg.kd_alpha, spec, device, replay=replay is not None)
+    if teachers and cfg.kd_alpha:
         log(f"distilling from {len(teachers)} teacher(s) with weight {cfg.kd_alpha}, temperature {cfg.kd_temperature}"
             f"{', each face taught by the teacher that held it out' if face_folds is not None else ''}")
+    if replay is not None:
+        log(f"replaying {len(replay)} faces of {cfg.replay}, {cfg.replay_batch} per step, taught by {len(teachers)} "
+            f"teacher(s) with weight {cfg.replay_alpha}")
     if cfg.bn_recalibrate and not batchnorm_layers(model):
         raise EmoError(f"bn_recalibrate is set but {cfg.arch} has no BatchNorm layers; drop bn_recalibrate")
     steps_per_epoch = max(1, len(y_train) // cfg.batch_size)  # drop the last partial batch
@@ -380,12 +417,51 @@ def setup(cfg: TrainConfig, resuming: bool, log: Callable) -> Run:
         ddp_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     return Run(cfg=cfg, dir=make_run_dir(cfg, rank == 0), log=log, world=world, rank=rank, device=device,
                use_amp=(cfg.amp and device.type == "cuda") or (cfg.cpu_amp and device.type == "cpu"),
-               spec=spec, x_train=x_train, y_train=y_train, val=val_split, val_degraded=degraded_splits(cfg, val_split),
+               spec=spec, x_train=x_train, y_train=y_train, val=val_split, val_degraded=degraded_splits(cfg, val_split), replay=replay,
                data_record=data_record, arch_info=arch_info,
                model=model, ddp_model=ddp_model, opt=make_optimizer(model, cfg),
                ema_model=make_ema(model) if cfg.ema else None, teachers=teachers, face_folds=face_folds,
                class_weights=class_weights(y_train).to(device) if cfg.class_weights else None,
                steps_per_epoch=steps_per_epoch, total_steps=total, epochs=math.ceil(total / steps_per_epoch))
+
+
+def run_data(cfg: TrainConfig, log: Callable) -> tuple[Split, Split, dict]:
+    """The training and validation faces (FER2013's splits, a stratified fraction, or with
+    ``val_by_group`` whole groups of a user's faces) and the record every checkpoint keeps of them."""
+    record: dict = {"source": str(Path(cfg.data).resolve())}
+    if cfg.val_by_group:
+        train_split, val_split, record["groups"] = group_splits(cfg.data, cfg.input_size, cfg.val_fraction, cfg.seed, cfg.groups_csv)
+    else:
+        train_split, val_split = train_val_splits(cfg.data, cfg.input_size, cfg.limit_per_class or None, cfg.val_fraction, cfg.seed)
+    for line in train_split.report.lines() + val_split.report.lines():
+        log(line)
+    record.update({"train_fingerprint": train_split.fingerprint(), "val_fingerprint": val_split.fingerprint(),
+                   "train_report": train_split.report.to_dict(), "val_report": val_split.report.to_dict()})
+    return train_split, val_split, record
+
+
+def replay_faces(cfg: TrainConfig, data_record: dict) -> Optional[np.ndarray]:
+    """The faces replayed beside the data (``replay``'s train split, or a stratified sample of
+    ``replay_size`` of them fixed by the seed), as uint8; None without ``replay``."""
+    if not cfg.replay:
+        return None
+    faces = load_split(cfg.replay, "train", cfg.input_size)
+    if cfg.replay_size and cfg.replay_size < len(faces.labels):
+        faces = stratified_split(faces, cfg.replay_size / len(faces.labels), cfg.seed)[1]
+    data_record["replay"] = {"source": str(Path(cfg.replay).resolve()), "faces": int(len(faces.labels)),
+                             "fingerprint": faces.fingerprint()}
+    return faces.images
+
+
+def check_replay_settings(cfg: TrainConfig) -> None:
+    if cfg.repeat < 1:
+        raise EmoError(f"repeat must be 1 or more, got {cfg.repeat}")
+    if cfg.groups_csv and not cfg.val_by_group:
+        raise EmoError("groups_csv names the groups of a split by group; set val_by_group = true too")
+    if cfg.replay and cfg.replay_batch < 1:
+        raise EmoError(f"replay_batch must be 1 or more when replay is set, got {cfg.replay_batch}")
+    if cfg.replay_alpha < 0:
+        raise EmoError(f"replay_alpha is a loss weight, 0 or more; got {cfg.replay_alpha}")
 
 
 def check_robust_settings(cfg: TrainConfig) -> None:
