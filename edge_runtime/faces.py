@@ -30,6 +30,7 @@ class Detection(NamedTuple):
 class Detector:
     name = ""
     wants_gray = False
+    max_side: int | None = None  # longest side of the frame it detects on (--detect-size); None: as given
 
     def detect_faces(self, image: np.ndarray) -> list[Detection]:
         raise NotImplementedError

@@ -277,7 +277,7 @@ def write_outputs(out: Path, raw: Path, sums: TrackSums, counts: Counts, rec, o:
         "parameters": params,
         "model": {"path": shown(rec.classifier.path), "arch": rec.classifier.meta.arch, "precision": rec.classifier.meta.precision},
         "detector": {"name": rec.face_detector.name, "asked": o.detector, "model": shown(o.detector_model) if o.detector_model else None,
-                     "detect_every": o.detect_every, "detect_size": getattr(rec.face_detector, "max_side", o.detect_size), "align": o.align},
+                     "detect_every": o.detect_every, "detect_size": rec.face_detector.max_side or o.detect_size, "align": o.align},
         "frames": {"in_video": in_video, "processed": counts.frames, "with_faces": sums.with_faces, "rows": counts.rows},
         "tracks": {"rule": TRACK_RULE, "raw": len(sums.tracks), "kept": len(kept), "in_timeline": [s.id for s in in_timeline],
                    "merged": {str(k): v for k, v in sorted(merged.items())},
