@@ -147,6 +147,30 @@ def analyze(
 
 
 @app.command()
+def collect(
+    source: str = typer.Argument(..., help=SOURCE_HELP),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for the crops (DIR/<predicted emotion>/*.png) and DIR/faces.csv; a rerun resumes."),
+    size: int = typer.Option(96, min=16, max=1024, help="Side of the saved square grayscale crops, in pixels."),
+    margin: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="Crop margin per side, as a fraction of the face box (default: the model's own, so crops are framed as the classifier frames faces)."),
+    every: int = typer.Option(10, min=1, help="Per track, at most one crop per N frames."),
+    min_sharpness: float = typer.Option(150.0, min=0.0, help="Skip crops less sharp than this (variance of the Laplacian at 48x48; sharp faces score 440-2800, blurred by 3% of their height under 130)."),
+    min_change: float = typer.Option(7.0, min=0.0, help="Skip a crop that differs from its track's last saved crop by less than this (mean absolute difference in gray levels of their middles at 16x16, lined up; the same face a few pixels off: 2-5, another expression of one person: over 10 in 95% of pairs)."),
+    max_faces: int = typer.Option(0, min=0, help="Stop once N faces of this source are saved (0: no limit)."),
+    model: Optional[Path] = MODEL, detector: Detector = DETECTOR, detector_model: Optional[Path] = DETECTOR_MODEL,
+    align: bool = ALIGN, detect_every: int = DETECT_EVERY, detect_size: Optional[int] = DETECT_SIZE, smooth: float = SMOOTH, tta: bool = TTA,
+    threads: int = THREADS, spin: bool = SPIN, width: int = WIDTH, height: int = HEIGHT, fps: float = FPS,
+    reconnect: int = RECONNECT, timeout: float = TIMEOUT, max_frames: int = MAX_FRAMES, duration: float = DURATION,
+) -> None:
+    """Save aligned face crops for labelling, sorted into DIR/<predicted emotion>/, with DIR/faces.csv (docs/collect.md)."""
+    params = dict(locals())
+    from .collect import CollectOptions, collect as run_collect
+
+    code = run_collect(CollectOptions(**params))
+    if code:
+        raise typer.Exit(code)
+
+
+@app.command()
 def fetch(
     name: str = typer.Argument(..., help="What to download: yunet (the YuNet face detector, 227 KiB)."),
     url: Optional[str] = typer.Option(None, help="Download from this URL instead (a mirror)."),
