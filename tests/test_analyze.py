@@ -326,6 +326,24 @@ def test_track_rule_merges_split_tracks_and_drops_flicker():
     assert consolidate([a, b], step, 0.5, merge_gap=0)[1] == {}, "--merge-gap 0 merges nothing"
 
 
+def test_seconds_on_screen_are_frames_seen_times_the_step_gaps_not_counted():
+    """The track ledger (ledger.py, shared with MQTT): a track seen in frames 0-9 and 15-19 at
+    0.1 s a frame is 1.5 s on screen, not last - first (1.9 s); merging adds frames, not gaps."""
+    from emo.edge_runtime.ledger import TrackLedger
+
+    ledger = TrackLedger(LABELS)
+    scores = np.full(len(LABELS), 100 / len(LABELS))
+    for i in range(20):  # every processed frame is added, with faces or without
+        ledger.add_frame(i, i / 10, [(1, (100, 100, 50, 50), scores, None)] if not 10 <= i < 15 else [])
+    s = ledger.tracks[1]
+    assert s.frames == 15 and s.last - s.first == pytest.approx(1.9)
+    assert s.seconds(0.1) == pytest.approx(1.5) and ledger.seconds(s) == pytest.approx(1.5)
+    assert TrackLedger(LABELS, step=0.3).step == 0.3, "a recording's step (stride / fps) is given, not measured"
+    a, b = ts(0.0, 0.9, 10, tid=1), ts(1.5, 1.9, 5, box=(105, 100, 50, 50), tid=2)
+    kept, merged, _ = consolidate([a, b], 0.1, min_seconds=0.5, merge_gap=1.0)
+    assert merged == {2: 1} and kept[0].seconds(0.1) == pytest.approx(1.5)
+
+
 def face_crop(photo: Path, face_px: int = 110) -> np.ndarray:
     img = cv2.imread(str(photo))
     x, y, w, h = max(HaarDetector(max_side=max(img.shape[:2])).detect(img), key=lambda b: b[2] * b[3])

@@ -189,6 +189,7 @@ def test_discovery_state_and_track_events(broker, tmp_path):
         leaves = [e for _, e in events if e["event"] == "leave"]
         for e in leaves:
             assert 1.5 <= e["seconds"] <= 2.1 and 15 <= e["frames"] <= 20 and e["dominant"] == "happy"
+            assert e["seconds"] == pytest.approx(e["frames"] * 0.1, abs=1e-3)  # on screen: frames x 1/fps (ledger.py)
             assert abs(sum(e["mean"].values()) - 100) < 0.5
         assert leaves[0]["first_seen"] == pytest.approx(1.0, abs=0.25) and leaves[1]["first_seen"] == pytest.approx(5.0, abs=0.25)
         # the configs are retained: a client that subscribes later (Home Assistant starting) gets them

@@ -49,8 +49,11 @@ class RecordingClient:
     def will_set(self, topic, *a, **kw):
         self.topics.append(topic)
 
-    def publish(self, topic, *a, **kw):
+    payloads: list[tuple] = []
+
+    def publish(self, topic, payload=None, *a, **kw):
         self.topics.append(topic)
+        self.payloads.append((topic, payload))
         return SimpleNamespace(rc=0, wait_for_publish=lambda timeout=None: None)
 
     def subscribe(self, topic, *a, **kw):
@@ -69,7 +72,7 @@ class RecordingClient:
 
 def frame(i: int, faces: int) -> SimpleNamespace:
     scores = {e: 100.0 / len(LABELS) for e in LABELS}
-    face = SimpleNamespace(track=7, scores=scores, emotion="happy", confidence=0.9)
+    face = SimpleNamespace(track=7, box=(10, 10, 40, 40), look=None, scores=scores, emotion="happy", confidence=0.9)
     return SimpleNamespace(frame=SimpleNamespace(timestamp=i * 0.5, index=i), faces=[face] * faces)
 
 
@@ -159,3 +162,43 @@ def test_an_unusual_valid_prefix_reaches_a_real_broker(tmp_path):
         sub.close()
     finally:
         broker.kill()
+
+
+def test_mqtt_and_analyze_report_the_same_seconds_on_screen_for_a_track_with_a_gap():
+    """One ledger, one definition: a face seen for 10 frames, lost for 5 (0.5 s, too short to
+    leave), seen for 5 more at 10 fps. MQTT's leave event and analyze's tracks.csv both say
+    15 frames x 0.1 s = 1.5 s on screen (not last - first = 1.9 s, which counts the gap)."""
+    import json
+
+    import numpy as np
+
+    from emo.edge_runtime.analyze.tracks import consolidate
+    from emo.edge_runtime.ledger import TrackLedger
+
+    paho = pytest.importorskip("paho.mqtt.client", reason="paho-mqtt not installed: pip install -e '.[dev]'")
+    from emo.edge_runtime.sinks.mqtt import MqttOptions, MqttSink
+
+    seen = [1] * 10 + [0] * 5 + [1] * 5 + [0] * 15
+    results = []
+    for i, n in enumerate(seen):
+        r = frame(i, n)
+        r.frame.timestamp = i / 10
+        results.append(r)
+    RecordingClient.topics, RecordingClient.payloads = [], []
+    with mock.patch.object(paho, "Client", RecordingClient):
+        sink = MqttSink(MqttOptions(f"{BROKER}/gap", interval=0.0), LABELS, {"emo_version": "test"}, connect_wait=1.0)
+        for r in results:
+            sink.write(r)
+        sink.close()
+    leaves = [json.loads(p) for t, p in RecordingClient.payloads if t == "gap/tracks/7" and b'"leave"' in p.encode()]
+    assert len(leaves) == 1, RecordingClient.payloads
+
+    ledger = TrackLedger(LABELS)  # as analyze keeps it; analyze's step is stride / fps = 0.1
+    for r in results:
+        ledger.write(r)
+    kept, _, _ = consolidate(list(ledger.tracks.values()), 0.1, min_seconds=0.5, merge_gap=1.0)
+    assert len(kept) == 1 and kept[0].frames == leaves[0]["frames"] == 15
+    assert leaves[0]["seconds"] == round(kept[0].seconds(0.1), 3) == 1.5
+    assert leaves[0]["last_seen"] - leaves[0]["first_seen"] == pytest.approx(1.9)
+    assert ledger.step == pytest.approx(0.1) and ledger.seconds(kept[0]) == pytest.approx(1.5)
+    assert np.allclose(kept[0].means, [100 / len(LABELS)] * len(LABELS))

@@ -1,7 +1,8 @@
 """`emo-edge analyze`: per-video tables, per-track summaries and a timeline plot, for recordings.
 
 - :mod:`.video`: one video (:func:`analyze_video`, the Python API), resumable, outputs written atomically
-- :mod:`.tracks`: the track rule (split pieces of one face merged, flicker dropped)
+- :mod:`.tracks`: the track rule (split pieces of one face merged, flicker dropped) over the
+  track ledger's sums (:mod:`emo.edge_runtime.ledger`, shared with the MQTT sink)
 - :mod:`.jobs`: the videos named, each one's output folder, one job
 - :mod:`.batch`: many videos (:func:`analyze_batch`), in worker processes (:mod:`.workers`) when asked
 - :mod:`.timeline`: the timeline picture
@@ -10,9 +11,9 @@
   imports ray
 """
 from .batch import EXIT_ALL, EXIT_NONE, EXIT_SOME, EXIT_USAGE, analyze_batch
-from .tracks import TRACK_RULE, TrackStats, TrackSums, consolidate
+from .tracks import TRACK_RULE, TrackLedger, TrackStats, TrackSums, consolidate
 from .video import FRAME_COLUMNS, OUTPUTS, SUMMARY, TRACK_COLUMNS, AnalyzeOptions, VideoResult, analyze_video
 
 __all__ = ["AnalyzeOptions", "EXIT_ALL", "EXIT_NONE", "EXIT_SOME", "EXIT_USAGE", "FRAME_COLUMNS", "OUTPUTS", "SUMMARY",
-           "TRACK_COLUMNS", "TRACK_RULE", "TrackStats", "TrackSums", "VideoResult", "analyze_batch", "analyze_video",
+           "TRACK_COLUMNS", "TRACK_RULE", "TrackLedger", "TrackStats", "TrackSums", "VideoResult", "analyze_batch", "analyze_video",
            "consolidate"]

@@ -4,7 +4,7 @@ node). :mod:`.stitch` puts the chunks back together into the rows and tracks of 
 A chunk owns the frames ``[start, end)``. Its run (:func:`run_chunk`) is the one frame loop
 (:func:`emo.edge_runtime.pipeline.run`) over a :class:`~emo.edge_runtime.sources.VideoSource`
 that begins at a frame, with the sinks of a local run (:class:`.video.CsvRows`,
-:class:`.tracks.TrackSums`) fed the chunk's own frames only.
+:class:`~emo.edge_runtime.ledger.TrackLedger`) fed the chunk's own frames only.
 
 The tracker has a state (its tracks: box, look, frames unseen, scores, id), so a frame's rows
 depend on the frames before it. A chunk therefore begins with a *lead-in*: it runs the last
@@ -37,9 +37,9 @@ import numpy as np
 
 from ..errors import EmoError
 from ..files import shown
+from ..ledger import TrackLedger
 from ..stopping import StopFlag
 from ..tracking import IouTracker
-from .tracks import TrackSums
 from .video import AnalyzeOptions, CsvRows, check_recording, is_url, url_facts
 
 MIN_CHUNK_SECONDS = 10.0
@@ -124,7 +124,7 @@ class ChunkSink:
     def __init__(self, spec: ChunkSpec, tracker_of, labels, lead_digests: dict):
         self.spec, self.tracker_of = spec, tracker_of
         self.buf = io.StringIO()
-        self.rows, self.sums = CsvRows(self.buf, labels), TrackSums(labels)
+        self.rows, self.sums = CsvRows(self.buf, labels), TrackLedger(labels)
         self.frames = 0
         self.lead_state: Optional[IouTracker] = None
         self.lead_digests = lead_digests

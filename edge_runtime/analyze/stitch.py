@@ -8,7 +8,7 @@ state after the lead-in equals the state that chunk ended with, the ids aside
 (:func:`same_state`); then the chunk's track ids are renumbered to the unsplit run's
 (:class:`IdMap`). A chunk that fails the check runs again, seeded with the previous chunk's end
 state (and, where the frames differed, reaching its first frame by reading, not seeking), so no
-boundary ends a track. The rows are replayed through :meth:`.tracks.TrackSums.add_frame` in
+boundary ends a track. The rows are replayed through :meth:`~emo.edge_runtime.ledger.TrackLedger.add_frame` in
 time order, so each track's sums are added up in a local run's order, and
 :func:`.video.write_outputs` writes the files, as for a local run.
 
@@ -34,10 +34,10 @@ import numpy as np
 
 from ..errors import EmoError
 from ..files import atomic_write_text, shown
+from ..ledger import TrackLedger
 from ..tracking import IouTracker, Track
 from .chunks import ChunkResult, ChunkSpec, plan_chunks, run_chunk
 from .jobs import Job
-from .tracks import TrackSums
 from .video import (AnalyzeOptions, Counts, CsvRows, VideoFacts, VideoResult, check_recording, claim, identity,
                     is_complete, is_url, raw_path, video_input, write_outputs)
 
@@ -91,7 +91,7 @@ class Stitcher:
     def __init__(self, raw: Path, labels, fps: float):
         self.raw, self.labels, self.fps = raw, labels, fps
         self.fh = None  # opened with the first chunk (a batch of many videos holds no file open per video)
-        self.sums = TrackSums(labels)
+        self.sums = TrackLedger(labels)
         self.next = 0  # the index of the next chunk to add
         self.prev: Optional[ChunkResult] = None
         self.prev_map = IdMap()

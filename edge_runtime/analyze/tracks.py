@@ -1,13 +1,14 @@
-"""The track rule of `emo-edge analyze`: per-track running sums, and how the raw tracks of the
-tracker become the tracks of ``tracks.csv`` (split pieces of one face merged, flicker dropped)."""
+"""The track rule of `emo-edge analyze`: how the raw tracks of the tracker, as the track ledger
+(:mod:`emo.edge_runtime.ledger`, shared with the MQTT sink) summed them, become the tracks of
+``tracks.csv`` (split pieces of one face merged, flicker dropped)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
-from typing import Optional, Sequence
+from dataclasses import replace
+from typing import Sequence
 
 import numpy as np
 
-from ..labels import LABELS
+from ..ledger import TrackLedger, TrackStats
 from ..tracking import MAX_SCALE, same_face
 
 TRACK_RULE = ("tracks of one face split by a short loss are merged: a track that starts at most merge_gap seconds "
@@ -15,72 +16,10 @@ TRACK_RULE = ("tracks of one face split by a short loss are merged: a track that
               f"its face size within {MAX_SCALE}x of it and a face that looks alike (the colour of the face's middle, "
               "see appearance.py), continues it; then tracks on screen for less than min_track_seconds "
               "(frames x stride / fps) are dropped from tracks.csv and timeline.png (their rows stay in frames.csv)")
+# (the text is part of an analysis's resume key: a new text redoes every analysis)
 
-
-@dataclass
-class TrackStats:
-    """Running summary of one track: what tracks.csv needs, nothing per frame."""
-
-    id: int
-    first: float
-    last: float
-    first_box: tuple
-    last_box: tuple
-    frames: int = 0
-    sums: np.ndarray = field(default_factory=lambda: np.zeros(len(LABELS)))
-    peaks: np.ndarray = field(default_factory=lambda: np.zeros(len(LABELS)))
-    merged_from: list = field(default_factory=list)
-    first_look: Optional[np.ndarray] = None  # appearance.look where it starts and where it ends (None: unknown)
-    last_look: Optional[np.ndarray] = None
-
-    def add(self, t: float, box: tuple, scores: np.ndarray, look: Optional[np.ndarray] = None) -> None:
-        self.last, self.last_box = t, box
-        if look is not None:
-            self.first_look = self.first_look if self.first_look is not None else look
-            self.last_look = look
-        self.frames += 1
-        self.sums += scores
-        np.maximum(self.peaks, scores, out=self.peaks)
-
-    def absorb(self, other: "TrackStats") -> None:
-        self.last, self.last_box = other.last, other.last_box
-        self.last_look = other.last_look if other.last_look is not None else self.last_look
-        self.frames += other.frames
-        self.sums += other.sums
-        np.maximum(self.peaks, other.peaks, out=self.peaks)
-        self.merged_from += [other.id, *other.merged_from]
-
-    @property
-    def means(self) -> np.ndarray:
-        return self.sums / max(1, self.frames)
-
-
-class TrackSums:
-    """A sink keeping a :class:`TrackStats` per track id."""
-
-    def __init__(self, labels: Sequence[str]):
-        self.labels, self.tracks = labels, {}
-        self.with_faces, self.last_index = 0, -1
-
-    def write(self, result) -> None:
-        self.add_frame(result.frame.index, result.frame.timestamp,
-                       [(f.track, f.box, np.array([f.scores[e] for e in self.labels]), f.look) for f in result.faces])
-
-    def add_frame(self, index: int, t: float, faces: Sequence[tuple]) -> None:
-        """One processed frame: ``faces`` are (track, box, scores in label order, look or None).
-        The Ray runner feeds the rows of its chunks through here, in time order, so the sums
-        are added up in the same order as in a local run."""
-        self.last_index = index
-        self.with_faces += bool(faces)
-        for track, box, scores, look in faces:
-            s = self.tracks.get(track)
-            if s is None:
-                n = len(self.labels)
-                s = self.tracks[track] = TrackStats(track, t, t, box, box, 0, np.zeros(n), np.zeros(n))
-            s.add(t, box, scores, look)
-
-    def close(self) -> None:
-        pass
+TrackSums = TrackLedger  # its name before the ledger (ledger.py) served MQTT too; TrackStats is the ledger's
+__all__ = ["TRACK_RULE", "TrackLedger", "TrackStats", "TrackSums", "consolidate", "continues"]
 
 
 # --- the rule for short and split tracks ---------------------------------------------------------
@@ -106,8 +45,8 @@ def consolidate(tracks: Sequence[TrackStats], step: float, min_seconds: float, m
         else:
             best[1].absorb(b)
             merged[b.id] = best[1].id
-    kept = [s for s in final if s.frames * step >= min_seconds - 1e-9]
-    dropped = [s for s in final if s.frames * step < min_seconds - 1e-9]
+    kept = [s for s in final if s.seconds(step) >= min_seconds - 1e-9]
+    dropped = [s for s in final if s.seconds(step) < min_seconds - 1e-9]
     return kept, merged, dropped
 
 

@@ -29,9 +29,10 @@ from .. import __version__
 from ..errors import EmoError
 from ..files import atomic_output, atomic_write_bytes, atomic_write_text, check_file, check_writable_dir, shown
 from ..labels import LABELS
+from ..ledger import TrackLedger
 from ..runner import RecognizerOptions
 from ..stopping import StopFlag
-from .tracks import TRACK_RULE, TrackSums, consolidate
+from .tracks import TRACK_RULE, consolidate
 
 
 def frame_columns(labels: Sequence[str] = LABELS) -> tuple[str, ...]:
@@ -205,7 +206,7 @@ def _analyze(path, out: Path, o: AnalyzeOptions, params: dict, ident: dict, stop
     raw = raw_path(out)  # rows as the tracker numbered them; frames.csv is made from it
     try:
         with open(raw, "w", newline="", encoding="utf-8") as fh:
-            rows, sums = CsvRows(fh, rec.labels), TrackSums(rec.labels)
+            rows, sums = CsvRows(fh, rec.labels), TrackLedger(rec.labels)
             summary = run(src, label, rec, [rows, sums] + ([ProgressSink(progress, total)] if progress else []), stop=stop)
         if summary.stopped_by:
             return VideoResult(label, shown(out), "stopped", f"stopped by {summary.stopped_by}", summary.frames)
@@ -250,7 +251,7 @@ class Counts:
     rows: int
 
 
-def write_outputs(out: Path, raw: Path, sums: TrackSums, counts: Counts, rec, o: AnalyzeOptions, params: dict,
+def write_outputs(out: Path, raw: Path, sums: TrackLedger, counts: Counts, rec, o: AnalyzeOptions, params: dict,
                   facts: VideoFacts, label: str, t0: float, timing: Optional[dict] = None) -> VideoResult:
     """Everything after the frame loop: from the streamed rows (``raw``, the header and rows of
     :class:`CsvRows`, track ids as the tracker gave them) and the track sums, write frames.csv,
@@ -281,7 +282,7 @@ def write_outputs(out: Path, raw: Path, sums: TrackSums, counts: Counts, rec, o:
         "frames": {"in_video": in_video, "processed": counts.frames, "with_faces": sums.with_faces, "rows": counts.rows},
         "tracks": {"rule": TRACK_RULE, "raw": len(sums.tracks), "kept": len(kept), "in_timeline": [s.id for s in in_timeline],
                    "merged": {str(k): v for k, v in sorted(merged.items())},
-                   "dropped": [{"track": s.id, "frames": s.frames, "seconds": round(s.frames * step, 3)} for s in dropped]},
+                   "dropped": [{"track": s.id, "frames": s.frames, "seconds": round(s.seconds(step), 3)} for s in dropped]},
         "timing": {"seconds": round(seconds, 3), "video_seconds": round(duration, 3), "realtime_factor": round(result.realtime, 2),
                    "frames_per_second": round(counts.frames / seconds, 2) if seconds else 0.0, "threads": o.threads,
                    "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **(timing or {})},
@@ -441,7 +442,7 @@ def _write_tracks(dest: Path, kept: list, step: float, labels: Sequence[str]) ->
             w = csv.writer(fh, lineterminator="\n")
             w.writerow(track_columns(labels))
             for s in sorted(kept, key=lambda s: (s.first, s.id)):
-                w.writerow([s.id, f"{s.first:.4f}", f"{s.last:.4f}", f"{s.frames * step:.4f}", s.frames,
+                w.writerow([s.id, f"{s.first:.4f}", f"{s.last:.4f}", f"{s.seconds(step):.4f}", s.frames,
                             " ".join(map(str, sorted(s.merged_from))), *(f"{v:.2f}" for v in s.means),
                             *(f"{v:.2f}" for v in s.peaks), labels[int(np.argmax(s.means))]])
             fh.flush()
@@ -452,7 +453,7 @@ def _write_timeline(dest: Path, shown_tracks: list, binner, step: float, labels:
                     label: str, kept: int) -> None:
     from .timeline import Panel, render
 
-    panels = [Panel(f"track {s.id}: {s.frames * step:.1f} s on screen ({s.first:.1f}-{s.last:.1f} s), mostly "
+    panels = [Panel(f"track {s.id}: {s.seconds(step):.1f} s on screen ({s.first:.1f}-{s.last:.1f} s), mostly "
                     f"{labels[int(np.argmax(s.means))]} ({s.means.max():.0f}% on average)", binner.means(s.id), binner.join)
               for s in shown_tracks]
     more = f", the {len(shown_tracks)} longest shown" if kept > len(shown_tracks) else ""

@@ -9,7 +9,9 @@ drops, such as a wildcard, is refused at start: see :mod:`.topics`):
   ``{"faces", "top_emotion", "max": {emotion: %}, "mean": {emotion: %}, "frame", "timestamp", "time"}``.
 - ``<prefix>/tracks/<id>``: ``{"event": "appear", ...}`` when a face appears and
   ``{"event": "leave", "seconds", "frames", "mean", "dominant", ...}`` when it has been gone
-  for ``LEAVE_AFTER`` seconds (or emo stops).
+  for ``LEAVE_AFTER`` seconds (or emo stops). The per-track sums are the track ledger's
+  (:mod:`emo.edge_runtime.ledger`), as in `emo-edge analyze`: ``seconds`` is the time on screen,
+  frames seen x the mean time between processed frames, not ``last_seen - first_seen``.
 - Home Assistant discovery (``homeassistant/.../config``, retained), sent on every connect and
   again whenever Home Assistant announces ``online`` on ``homeassistant/status``.
 
@@ -29,7 +31,10 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Optional
 
+import numpy as np
+
 from ..errors import EmoError
+from ..ledger import TrackLedger, TrackStats
 from .topics import PASSWORD_ENV, BrokerAddress, check_topic, node_id, parse_url  # noqa: F401 (the API)
 
 LEAVE_AFTER = 1.0  # seconds (of the source's time) a track must be gone before its "leave" event
@@ -49,21 +54,13 @@ def _now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
-class _Track:
-    def __init__(self, track: int, ts: float, scores: dict):
-        self.id, self.first, self.last, self.frames = track, ts, ts, 0
-        self.sums = {k: 0.0 for k in scores}
-
-    def add(self, ts: float, scores: dict) -> None:
-        self.last, self.frames = ts, self.frames + 1
-        for k, v in scores.items():
-            self.sums[k] += v
-
-    def leave(self) -> dict:
-        mean = {k: round(v / max(1, self.frames), 2) for k, v in self.sums.items()}
-        return {"event": "leave", "track": self.id, "time": _now_iso(), "first_seen": round(self.first, 3),
-                "last_seen": round(self.last, 3), "seconds": round(self.last - self.first, 3), "frames": self.frames,
-                "mean": mean, "dominant": max(mean, key=mean.get)}
+def leave_event(track: TrackStats, seconds: float, labels) -> dict:
+    """The ``leave`` message of a track (``seconds``: on screen, see :mod:`emo.edge_runtime.ledger`)."""
+    means = track.means
+    mean = {e: round(float(means[i]), 2) for i, e in enumerate(labels)}
+    return {"event": "leave", "track": track.id, "time": _now_iso(), "first_seen": round(track.first, 3),
+            "last_seen": round(track.last, 3), "seconds": round(seconds, 3), "frames": track.frames,
+            "mean": mean, "dominant": max(mean, key=mean.get)}
 
 
 class MqttSink:
@@ -84,7 +81,7 @@ class MqttSink:
         self.dropped = {"broker_away": 0, "queue_full": 0}
         self.produced = 0
         self._queue: queue.Queue = queue.Queue(QUEUE_SIZE)
-        self._tracks: dict[int, _Track] = {}
+        self.ledger = TrackLedger(self.labels)  # step measured: a live source's frames come when they come
         self._last_state: Optional[dict] = None
         self._last_key = None
         self._last_pub = 0.0
@@ -177,18 +174,18 @@ class MqttSink:
     # --- the sink (the frame loop's thread: never blocks) ---------------------------------------
     def write(self, result) -> None:
         ts = result.frame.timestamp
-        seen = set()
-        for f in result.faces:
-            seen.add(f.track)
-            tr = self._tracks.get(f.track)
-            if tr is None:
-                tr = self._tracks[f.track] = _Track(f.track, ts, f.scores)
-                self._put(f"tracks/{f.track}", {"event": "appear", "track": f.track, "time": _now_iso(),
-                                                 "timestamp": round(ts, 3), "emotion": f.emotion, "scores": f.scores})
-            tr.add(ts, f.scores)
-        for tid in [t for t, tr in self._tracks.items() if t not in seen and ts - tr.last >= LEAVE_AFTER]:
-            self._put(f"tracks/{tid}", self._tracks.pop(tid).leave())
+        faces = {f.track: f for f in result.faces}
+        for s in self.ledger.add_frame(result.frame.index, ts, [
+                (f.track, f.box, np.array([f.scores[e] for e in self.labels]), f.look) for f in result.faces]):
+            f = faces[s.id]
+            self._put(f"tracks/{f.track}", {"event": "appear", "track": f.track, "time": _now_iso(),
+                                             "timestamp": round(ts, 3), "emotion": f.emotion, "scores": f.scores})
+        for s in self.ledger.gone(ts, LEAVE_AFTER):
+            self._put(f"tracks/{s.id}", self._leave(s))
         self._maybe_state(result, time.monotonic())
+
+    def _leave(self, track: TrackStats) -> dict:
+        return leave_event(track, self.ledger.seconds(track), self.labels)
 
     def _maybe_state(self, result, now: float) -> None:
         faces = result.faces
@@ -235,8 +232,8 @@ class MqttSink:
 
     def close(self) -> None:
         """Leave events for the faces still in view, ``offline``, then disconnect (bounded wait)."""
-        for tid in list(self._tracks):
-            self._put(f"tracks/{tid}", self._tracks.pop(tid).leave())
+        for s in self.ledger.pop_all():
+            self._put(f"tracks/{s.id}", self._leave(s))
         self._queue.put(None)
         self._publisher.join(5.0)
         if self._connected.is_set():
