@@ -330,6 +330,21 @@ def info(
         print(f"extra      {k}: {v}")
 
 
+@app.command()
+def label(
+    folder: Path = typer.Argument(..., help="The folder of face crops to sort: <emotion>/*.png, as `emo-edge collect` writes it."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on; 0.0.0.0 makes the page reachable from the network (use --token)."),
+    port: int = typer.Option(8001, min=0, max=65535, help="TCP port (0: any free port)."),
+    token: Optional[str] = typer.Option(None, envvar="EMO_TOKEN", help="Require this token (?token= or 'Authorization: Bearer') on every endpoint but /healthz."),
+) -> None:
+    """A page to sort face crops by key: 1-7 an emotion, x discard, u undo; every move logged (docs/label.md)."""
+    from .serve.label import run_label
+
+    code = run_label(folder, host, port, token)
+    if code:
+        raise typer.Exit(code)
+
+
 def main() -> None:
     cli_main(app, "emo-edge")
 

@@ -131,9 +131,10 @@ def find_split_dir(root: Path, split: str) -> Path | None:
 
 
 def load_folder(folder: Path, split: str, size: int = 48, skip_blank: bool = True, limit: int | None = None) -> Split:
-    """Load ``folder/<class>/*`` where ``<class>`` is a FER2013 label name or index."""
+    """Load ``folder/<class>/*`` where ``<class>`` is a FER2013 label name or index. Folders whose
+    names start with ``_`` or ``.`` are set aside, not classes (``emo-edge label``'s ``_discarded``)."""
     report = DataReport(source=str(folder), split=split)
-    subdirs = sorted(p for p in folder.iterdir() if p.is_dir())
+    subdirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(("_", ".")))
     unknown = [p.name for p in subdirs if class_index(p.name) is None]
     if unknown:
         raise EmoError(
