@@ -2,7 +2,9 @@
 the recognizer, the source and the sinks, run the loop with signal handling, and report.
 
 Both commands go through :func:`run_job`; serve only opens its source its own way (``opener``)
-and adds sinks (its HTTP server) through ``extra_sinks``. The loop itself is
+and adds sinks (its HTTP server) through ``extra_sinks``. What every job does around the loop
+(the recognizer's options, signals, sinks opened after the source, the exit status of a stop) is
+:mod:`emo.edge_runtime.job`, shared with `emo-edge analyze`; the loop itself is
 :func:`emo.edge_runtime.pipeline.run`.
 """
 from __future__ import annotations
@@ -10,38 +12,16 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Optional
 
 from .errors import EmoError
 from .frames import Source
-from .pipeline import OUTPUT_CLOSED, Metered, Sink, Summary, run
+from .job import RecognizerOptions, run_loop, signals, stopped_status, usable_threads  # noqa: F401 (RecognizerOptions, usable_threads: imported from here too)
+from .pipeline import OUTPUT_CLOSED, Metered, Sink, Summary
 from .recognizer import Recognizer
 from .stopping import StopFlag
 
 FORMATS = ("auto", "json", "table", "none")
-
-
-@dataclass
-class RecognizerOptions:
-    """The options that make the Recognizer, shared by infer, serve and analyze."""
-
-    model: Optional[Path] = None
-    detector: str = "auto"
-    detector_model: Optional[Path] = None
-    align: bool = True
-    detect_every: int = 1
-    detect_size: Optional[int] = None
-    smooth: float = 0.0
-    tta: bool = False
-    threads: int = 1
-    spin: bool = True
-
-    def recognizer(self) -> Recognizer:
-        return Recognizer(model=self.model, detector=self.detector,
-                          detector_model=str(self.detector_model) if self.detector_model else None,
-                          threads=usable_threads(self.threads), spin=self.spin, detect_every=self.detect_every,
-                          smooth=self.smooth, detect_size=self.detect_size, align=self.align, tta=self.tta)
 
 
 @dataclass
@@ -62,14 +42,6 @@ class JobOptions(RecognizerOptions):
     mqtt_interval: float = 1.0
     ha_discovery: bool = True
     realtime: bool = False  # play a video file at its own frame rate (serve), not as fast as possible
-
-
-def usable_threads(threads: int) -> int:
-    cores = os.cpu_count() or 1
-    if threads > cores:
-        print(f"emo-edge: warning: --threads {threads} is more than the {cores} CPU cores here; using {cores}", file=sys.stderr)
-        return cores
-    return threads
 
 
 ExtraSinks = Callable[[Source, Recognizer, StopFlag, list[Metered]], list[Sink]]  # serve: its HTTP server
@@ -93,45 +65,41 @@ def run_job(o: JobOptions, extra_sinks: Optional[ExtraSinks] = None, opener: Opt
         from .sinks.topics import parse_url
         parse_url(o.mqtt)
     rec = o.recognizer()
-    stop = StopFlag().install()
     saver = None
-    try:
-        if opener is not None:
-            src = opener(o, stop)
-        else:
-            src = open_source(o.source, o.width, o.height, o.fps, o.reconnect, stop=stop, timeout=o.timeout)
-        sinks: list[Sink] = []
-        metered: list[Metered] = []
+    with signals() as stop:
         try:
-            if o.save:
-                saver = AnnotatedSaver(o.save, src.stills and len(src.files) == 1, src.fps, src.files)
-                sinks.append(saver)
-            table = o.output == "table" or (o.output == "auto" and sys.stdout.isatty())
-            if table:
-                sinks.append(TableWriter(rec.labels, live=src.live))
-            elif o.output != "none":
-                sinks.append(JsonLinesWriter(sys.stdout))
-            if o.mqtt:
-                mqtt = _mqtt_sink(o, rec)
-                sinks.append(mqtt)
-                metered.append(mqtt)
-            if extra_sinks is not None:
-                sinks.extend(extra_sinks(src, rec, stop, metered))
-        except BaseException:
-            for s in (*sinks, src):
-                s.close()
-            raise
-        endless = endless or src.live
-        if endless:  # a run that may go on for ever says it now; one over files when it is done
-            _say_haar_fallback(o, rec)
-        summary = run(src, src.label, rec, sinks, o.max_frames, o.duration, stop, o.realtime)
-    except EmoError as e:
-        if not stop.reason:
-            raise
-        print(f"emo-edge: stopped by {stop.reason} ({e})", file=sys.stderr)  # e.g. while a stream was opening
-        return stop.exit_code
-    finally:
-        stop.restore()
+            if opener is not None:
+                src = opener(o, stop)
+            else:
+                src = open_source(o.source, o.width, o.height, o.fps, o.reconnect, stop=stop, timeout=o.timeout)
+            endless = endless or src.live
+
+            def add_sinks(sinks: list[Sink]) -> None:
+                nonlocal saver
+                metered: list[Metered] = []
+                if o.save:
+                    saver = AnnotatedSaver(o.save, src.stills and len(src.files) == 1, src.fps, src.files)
+                    sinks.append(saver)
+                table = o.output == "table" or (o.output == "auto" and sys.stdout.isatty())
+                if table:
+                    sinks.append(TableWriter(rec.labels, live=src.live))
+                elif o.output != "none":
+                    sinks.append(JsonLinesWriter(sys.stdout))
+                if o.mqtt:
+                    mqtt = _mqtt_sink(o, rec)
+                    sinks.append(mqtt)
+                    metered.append(mqtt)
+                if extra_sinks is not None:
+                    sinks.extend(extra_sinks(src, rec, stop, metered))
+                if endless:  # a run that may go on for ever says it now; one over files when it is done
+                    _say_haar_fallback(o, rec)
+
+            summary = run_loop(src, src.label, rec, add_sinks, stop, o.max_frames, o.duration, o.realtime)
+        except EmoError as e:
+            if not stop.reason:
+                raise
+            print(f"emo-edge: stopped by {stop.reason} ({e})", file=sys.stderr)  # e.g. while a stream was opening
+            return stop.exit_code
     if not endless:
         _say_haar_fallback(o, rec)
     return _report(summary, saver, o.save, stop)
@@ -161,7 +129,7 @@ def _report(summary: Summary, saver, save: Optional[str], stop: StopFlag) -> int
     if saver is not None:
         print(f"emo-edge: wrote {saver.count} annotated frame(s) to {save}", file=sys.stderr)
     if summary.stopped_by and summary.stopped_by != OUTPUT_CLOSED:
-        return stop.exit_code or 1
+        return stopped_status(stop)
     return 0
 
 

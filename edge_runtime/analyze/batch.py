@@ -12,6 +12,7 @@ from typing import Optional, Sequence
 
 from ..errors import EmoError
 from ..files import check_writable_dir, shown
+from ..job import signals, stopped_status
 from ..stopping import StopFlag
 from .jobs import Job, find_videos, plan, run_job
 from .video import AnalyzeOptions, VideoResult, video_name
@@ -25,7 +26,7 @@ def exit_status(results: Sequence[VideoResult], stop: Optional[StopFlag] = None)
     """0 all videos done or already complete, 1 some failed, 3 none succeeded; 130/143 when a
     signal stopped the batch (a rerun resumes it)."""
     if stop is not None and stop.reason:
-        return stop.exit_code or 1
+        return stopped_status(stop)
     ok = sum(r.ok for r in results)
     return EXIT_ALL if ok == len(results) else EXIT_NONE if ok == 0 else EXIT_SOME
 
@@ -47,21 +48,17 @@ def analyze_batch(inputs: Sequence[str], out, options: Optional[AnalyzeOptions] 
     jobs = plan(find_videos(inputs), out, count_frames=bars)
     params = o.parameters()
     show = _Display(jobs, bars)
-    stop = StopFlag().install()
     results: dict[int, VideoResult] = {}
-    try:
-        with show:
-            if workers == 1 or len(jobs) == 1:
-                for i, job in enumerate(jobs):
-                    if stop.reason:
-                        break
-                    show.started(i)
-                    results[i] = run_job(job, o, params, force, stop, lambda d, t, i=i: show.advance(i, d, t))
-                    show.finished(i, results[i])
-            else:
-                _run_pool(jobs, o, params, force, workers, stop, show, results)
-    finally:
-        stop.restore()
+    with signals() as stop, show:
+        if workers == 1 or len(jobs) == 1:
+            for i, job in enumerate(jobs):
+                if stop.reason:
+                    break
+                show.started(i)
+                results[i] = run_job(job, o, params, force, stop, lambda d, t, i=i: show.advance(i, d, t))
+                show.finished(i, results[i])
+        else:
+            _run_pool(jobs, o, params, force, workers, stop, show, results)
     return report(jobs, results, out, stop)
 
 

@@ -14,6 +14,7 @@ import cv2
 
 from ..errors import EmoError
 from ..files import IMAGE_EXTS, VIDEO_EXTS, check_file, is_dir, shown
+from ..job import failure
 from ..stopping import StopFlag
 from .video import OUTPUTS, SUMMARY, AnalyzeOptions, VideoResult, analyze_video, is_url, video_name
 
@@ -115,10 +116,5 @@ def run_job(job: Job, o: AnalyzeOptions, params: dict, force: bool, stop: StopFl
     t0 = time.monotonic()
     try:
         return analyze_video(job.video, job.out, o, force, stop, progress, params)
-    except EmoError as e:
-        msg = str(e)
-    except MemoryError:
-        msg = "out of memory"
-    except Exception as e:  # noqa: BLE001 - one bad video must not end the batch; the type is named
-        msg = f"unexpected {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
-    return VideoResult(shown(job.video), shown(job.out), "failed", msg, seconds=time.monotonic() - t0)
+    except Exception as e:  # noqa: BLE001 - one bad video must not end the batch; job.failure names it
+        return VideoResult(shown(job.video), shown(job.out), "failed", failure(e), seconds=time.monotonic() - t0)

@@ -27,7 +27,7 @@ from typing import Optional, Sequence
 
 from ..errors import EmoError
 from ..files import check_writable_dir, exists, shown
-from ..stopping import StopFlag
+from ..job import signals
 from .batch import report, result_line
 from .chunks import ChunkWorker, auto_chunk_seconds
 from .jobs import find_videos, plan
@@ -114,12 +114,11 @@ def analyze_ray(inputs: Sequence[str], out, options: Optional[AnalyzeOptions] = 
              "screen at a chunk boundary the next chunk runs again after this one (the outputs stay exact, "
              "the speed-up shrinks); --smooth 0 (the default) avoids it")
     where = connect(ray, address)
-    stop = StopFlag().install()  # after ray.init, which has handlers of its own
     results: dict[int, VideoResult] = {}
     try:
-        _Run(ray, jobs, o, params, rec, force, workers, chunk_seconds, progress, where, stop, results).go()
+        with signals() as stop:  # after ray.init, which has handlers of its own
+            _Run(ray, jobs, o, params, rec, force, workers, chunk_seconds, progress, where, stop, results).go()
     finally:
-        stop.restore()
         ray.shutdown()
     return report(jobs, results, out, stop)
 

@@ -18,6 +18,7 @@ import json
 import os
 import re
 import time
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -30,7 +31,7 @@ from ..errors import EmoError
 from ..files import atomic_output, atomic_write_bytes, atomic_write_text, check_file, check_writable_dir, shown
 from ..labels import LABELS
 from ..ledger import TrackLedger
-from ..runner import RecognizerOptions
+from ..job import RecognizerOptions, run_loop
 from ..stopping import StopFlag
 from .tracks import TRACK_RULE, consolidate
 
@@ -191,7 +192,6 @@ def analyze_video(video, out_dir, options: Optional[AnalyzeOptions] = None, forc
 
 
 def _analyze(path, out: Path, o: AnalyzeOptions, params: dict, ident: dict, stop: StopFlag, progress) -> VideoResult:
-    from ..pipeline import run
     from ..sources import VideoSource
 
     t0, label = time.monotonic(), shown(path)
@@ -205,9 +205,15 @@ def _analyze(path, out: Path, o: AnalyzeOptions, params: dict, ident: dict, stop
         raise
     raw = raw_path(out)  # rows as the tracker numbered them; frames.csv is made from it
     try:
-        with open(raw, "w", newline="", encoding="utf-8") as fh:
-            rows, sums = CsvRows(fh, rec.labels), TrackLedger(rec.labels)
-            summary = run(src, label, rec, [rows, sums] + ([ProgressSink(progress, total)] if progress else []), stop=stop)
+        with ExitStack() as files:
+            rows, sums = None, TrackLedger(rec.labels)
+
+            def add_sinks(sinks: list) -> None:
+                nonlocal rows
+                rows = CsvRows(files.enter_context(open(raw, "w", newline="", encoding="utf-8")), rec.labels)
+                sinks += [rows, sums] + ([ProgressSink(progress, total)] if progress else [])
+
+            summary = run_loop(src, label, rec, add_sinks, stop)
         if summary.stopped_by:
             return VideoResult(label, shown(out), "stopped", f"stopped by {summary.stopped_by}", summary.frames)
         facts = VideoFacts(ident, src.fps, list(src.size) if src.size else None, total)
