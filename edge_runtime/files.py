@@ -192,6 +192,14 @@ def check_writable_dir(folder: PathLike, what: str) -> Path:
     return d
 
 
+
+def discard(path: PathLike) -> None:
+    """Remove a file if it is there, ignoring any error (what is left is removed by the next run)."""
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
 @contextlib.contextmanager
 def atomic_output(path: PathLike, verify: Optional[Callable[[Path], None]] = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` (plain ASCII name, same suffix); on a clean exit,

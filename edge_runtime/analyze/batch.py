@@ -15,7 +15,8 @@ from ..files import check_writable_dir, shown
 from ..job import signals, stopped_status
 from ..stopping import StopFlag
 from .jobs import Job, find_videos, plan, run_job
-from .video import AnalyzeOptions, VideoResult, video_name
+from .inputs import video_name
+from .options import AnalyzeOptions, VideoResult
 from .workers import init_worker, run_in_worker
 
 # Exit status of `emo-edge analyze` (README: Analyse recordings); 130/143 when stopped by a signal.

@@ -3,7 +3,7 @@ node). :mod:`.stitch` puts the chunks back together into the rows and tracks of 
 
 A chunk owns the frames ``[start, end)``. Its run (:func:`run_chunk`) is the one frame loop
 (:func:`emo.edge_runtime.pipeline.run`) over a :class:`~emo.edge_runtime.sources.VideoSource`
-that begins at a frame, with the sinks of a local run (:class:`.video.CsvRows`,
+that begins at a frame, with the sinks of a local run (:class:`.outputs.CsvRows`,
 :class:`~emo.edge_runtime.ledger.TrackLedger`) fed the chunk's own frames only.
 
 The tracker has a state (its tracks: box, look, frames unseen, scores, id), so a frame's rows
@@ -40,7 +40,9 @@ from ..files import shown
 from ..ledger import TrackLedger
 from ..stopping import StopFlag
 from ..tracking import IouTracker
-from .video import AnalyzeOptions, CsvRows, check_recording, is_url, url_facts
+from .inputs import check_recording, is_url, url_facts
+from .options import AnalyzeOptions
+from .outputs import CsvRows
 
 MIN_CHUNK_SECONDS = 10.0
 

@@ -16,7 +16,9 @@ from ..errors import EmoError
 from ..files import IMAGE_EXTS, VIDEO_EXTS, check_file, is_dir, shown
 from ..job import failure
 from ..stopping import StopFlag
-from .video import OUTPUTS, SUMMARY, AnalyzeOptions, VideoResult, analyze_video, is_url, video_name
+from .inputs import is_url, video_name
+from .options import OUTPUTS, SUMMARY, AnalyzeOptions, VideoResult
+from .video import analyze_video
 
 NAME_BYTES = 120  # longest output folder name (UTF-8), leaving room for -N within any file system's 255
 _KEPT = frozenset("-_.+,()[] ")

@@ -19,7 +19,7 @@ import cv2
 from ..files import shown
 from ..stopping import StopFlag
 from .jobs import Job, run_job
-from .video import AnalyzeOptions, VideoResult
+from .options import AnalyzeOptions, VideoResult
 
 PARENT_POLL = 0.5  # seconds between two looks at the parent, where the kernel cannot be asked to tell
 _state: dict = {}
