@@ -8,62 +8,38 @@ validation faces (never the calibration faces) and checks the gates (fp32 vs PyT
 int8 vs fp32 top-1 agreement and accuracy drop); :func:`publish` stamps the metadata contract,
 loads each file as the edge runtime will, and only when every gate passed moves the files into
 place. A failed gate keeps the files as ``*.FAILED.onnx`` and never overwrites a good export.
+
+The pieces: the ONNX steps in :mod:`.convert`, the gates and figures in :mod:`.verification`,
+the faces in :mod:`.faces`.
 """
 from __future__ import annotations
 
 import json
 import os
 import tempfile
-import time
-import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
 
-import numpy as np
-import onnx
 import onnxruntime as ort
 import torch
-from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
-from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from emo.edge_runtime import __version__
-from emo.edge_runtime.classifier import Classifier, load_session, session_options
-from emo.edge_runtime.dataset import Split, load_split, locate_split, split_key
-from emo.edge_runtime.degrade import CONDITIONS, degrade_images, summarize
+from emo.edge_runtime.classifier import Classifier
+from emo.edge_runtime.dataset import Split
 from emo.edge_runtime.errors import EmoError
 from emo.edge_runtime.files import atomic_write_text
 from emo.edge_runtime.metadata import ModelMetadata
-from emo.edge_runtime.metrics import expected_calibration_error, fit_temperature
 from emo.edge_runtime.preprocess import InputSpec, normalize
 from emo.train.checkpoint import file_sha256, load_checkpoint, model_from_checkpoint
-from emo.train.data import run_group_faces
 from emo.train.models import count_macs, count_params
 
+from .convert import METHODS, latency_pair, quantize, run_onnx, torch_to_onnx, write_ort
 from .equalize import equalize_separable
+from .faces import load_faces, own_faces, resolve_data
 from .onnxfile import stamp_metadata
-from .options import CALIB_METHODS, ExportOptions, Gates
-
-METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}
-assert tuple(METHODS) == CALIB_METHODS
-
-
-class CalibReader(CalibrationDataReader):
-    """Feeds normalised real faces to the calibrator in batches."""
-
-    def __init__(self, x: np.ndarray, input_name: str, batch: int = 64):
-        self.x, self.name, self.batch = x, input_name, batch
-        self.rewind()
-
-    def get_next(self):
-        if self.i >= len(self.x):
-            return None
-        b = self.x[self.i : self.i + self.batch]
-        self.i += self.batch
-        return {self.name: b}
-
-    def rewind(self):
-        self.i = 0
+from .options import ExportOptions, Gates  # noqa: F401 (Gates: imported from here too)
+from .verification import calibrate_confidence, check_gates, format_report, robustness  # noqa: F401 (format_report: the CLI's)
 
 
 @dataclass
@@ -212,96 +188,6 @@ def publish(job: ExportJob, fp32: Path, int8: Path, results: dict) -> dict:
     return report
 
 
-# ---------------------------------------------------------------- the pieces
-MIN_TEMPERATURE_FACES = 50  # fewer verification faces than this give a temperature by chance
-
-
-def calibrate_confidence(logits: np.ndarray, labels: np.ndarray, temperature: Optional[float]) -> dict:
-    """The temperature the runtime divides the logits by (``temperature``, or fitted on these
-    labelled faces), with the expected calibration error before (T = 1) and after. A fit that the
-    faces cannot support (too few, or every one right, where sharpening without end always looks
-    better) keeps T = 1 and says why."""
-    t, why = (float(temperature), "") if temperature is not None else (1.0, unfit_reason(logits, labels))
-    if temperature is None and not why:
-        t = fit_temperature(logits, labels)
-    out = {"temperature": round(t, 4), "fitted": temperature is None and not why,
-           "ece_before": round(expected_calibration_error(_softmax(logits), labels), 4),
-           "ece_after": round(expected_calibration_error(_softmax(logits / t), labels), 4)}
-    if why:
-        out["not_fitted"] = why
-    return out
-
-
-def unfit_reason(logits: np.ndarray, labels: np.ndarray) -> str:
-    """Why no temperature should be fitted on these faces ('' when one can be)."""
-    if len(labels) < MIN_TEMPERATURE_FACES:
-        return f"only {len(labels)} verification faces (a temperature needs {MIN_TEMPERATURE_FACES})"
-    if bool((np.asarray(logits).argmax(1) == np.asarray(labels)).all()):
-        return "every verification face is right, so a sharper softmax always fits better: no temperature is best"
-    return ""
-
-
-def _softmax(z: np.ndarray) -> np.ndarray:
-    z = np.asarray(z, np.float64)
-    e = np.exp(z - z.max(1, keepdims=True))
-    return e / e.sum(1, keepdims=True)
-
-
-def robustness(int8: Path, val: Split, spec: InputSpec) -> dict:
-    """int8 accuracy on the verification faces under each of the benchmark's ten conditions."""
-    acc = {name: float((run_onnx(int8, normalize(degrade_images(val.images, name), spec)).argmax(1) == val.labels).mean())
-           for name in CONDITIONS}
-    return {"accuracy": {k: round(v, 4) for k, v in acc.items()}, **{k: (round(v, 4) if isinstance(v, float) else v)
-                                                                    for k, v in summarize(acc, CONDITIONS).items()}}
-
-
-def resolve_data(explicit: Optional[str], ck: dict, what: str, flag: str) -> str:
-    if explicit:
-        return explicit
-    src = (ck.get("data") or {}).get("source")
-    if not src:
-        raise EmoError(f"the checkpoint records no training data, so {what} needs {flag} PATH (a FER2013 folder or CSV)")
-    if not Path(src).exists():
-        raise EmoError(f"the checkpoint's data {src} is not here; pass {flag} PATH (a FER2013 folder or CSV)")
-    return src
-
-
-def load_faces(calib_src: str, val_src: str, size: int, opts: ExportOptions, log: Callable[[str], None]) -> tuple[Split, Split]:
-    """Calibration faces (``calib_src``'s train split) and verification faces (``val_src``'s val
-    split, or all of a folder of class folders), sampled; refused when they are the same faces."""
-    try:
-        calib_at, val_at = locate_split(calib_src, "train"), locate_split(val_src, "val")
-        if split_key(calib_src, "train") == split_key(val_src, "val"):
-            raise EmoError(f"calibration and verification would both use {calib_at}; verify on other labelled faces: "
-                           "pass --val-data (a FER2013 root with a val folder, or a folder of class folders)")
-        log(f"calibration faces: {calib_at}; verification faces: {val_at}")
-        calib = _sample(load_split(calib_src, "train", size), opts.calib_size, opts.seed)
-        val = _sample(load_split(val_src, "val", size, skip_blank=False), opts.val_size, opts.seed + 1)
-    except EmoError as e:
-        raise EmoError(f"cannot use this data for export: {e}") from None
-    return calib, val
-
-
-def own_faces(ck: dict, ckpt: Path, opts: ExportOptions, log: Callable[[str], None]) -> tuple[Split, Split]:
-    """A run on a user's own faces, split by group (``emo-train finetune``): calibrate on the faces
-    it trained on, verify on the groups it held out (sampled as --calib-size and --val-size say)."""
-    try:
-        calib, val = run_group_faces(ck, str(ckpt))
-    except EmoError as e:
-        raise EmoError(f"cannot use this data for export: {e}") from None
-    log(f"calibration faces: the run's training faces, {calib.report.source}; verification faces: the groups it held out, "
-        f"{val.report.source}")
-    return _sample(calib, opts.calib_size, opts.seed), _sample(val, opts.val_size, opts.seed + 1)
-
-
-def _sample(split: Split, n: int, seed: int) -> Split:
-    if not n or n >= len(split.labels):
-        return split
-    rng = np.random.default_rng(seed)
-    idx = np.sort(rng.choice(len(split.labels), n, replace=False))
-    return Split(split.images[idx], split.labels[idx], split.report)
-
-
 def _writable_dir(d: Path) -> None:
     try:
         d.mkdir(parents=True, exist_ok=True)
@@ -309,117 +195,3 @@ def _writable_dir(d: Path) -> None:
         raise EmoError(f"cannot create output folder {d}: {e.strerror}; pass --out-dir to a writable folder") from None
     if not os.access(d, os.W_OK):
         raise EmoError(f"output folder {d} is not writable; pass --out-dir to a writable folder")
-
-
-def torch_to_onnx(model: torch.nn.Module, spec: InputSpec, path: Path, opset: int) -> None:
-    """fp32 export with a dynamic batch axis; BN folded, constants folded, checked."""
-    dummy = torch.zeros(2, spec.channels, spec.size, spec.size)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model.eval(), (dummy,), str(path), input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=opset,
-                          do_constant_folding=True, dynamo=False)
-    raw = path.with_suffix(".raw.onnx")
-    os.replace(path, raw)
-    quant_pre_process(str(raw), str(path), skip_symbolic_shape=True)  # ORT basic optimisations: folds BN into conv
-    raw.unlink()
-    onnx.checker.check_model(str(path))
-
-
-def quantize(fp32: Path, out: Path, calib: np.ndarray, method: str, per_channel: bool, batch: int = 50) -> None:
-    """Static QDQ quantisation. Calibration batches all have one size (the histogram-based
-    calibrators cannot stack a smaller last batch)."""
-    batch = min(batch, len(calib))
-    calib = calib[: len(calib) // batch * batch]
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            quantize_static(str(fp32), str(out), CalibReader(calib, "input", batch), quant_format=QuantFormat.QDQ,
-                            per_channel=per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=METHODS[method])
-        onnx.checker.check_model(str(out))
-    except Exception as e:  # onnxruntime.quantization raises plain ValueError/RuntimeError
-        msg = str(e).strip().splitlines()[-1][:160] if str(e).strip() else type(e).__name__
-        hint = "try --calib-method minmax" if method != "minmax" else "check the calibration faces (--calib-data)"
-        raise EmoError(f"int8 quantisation with {method} calibration failed ({msg}); {hint}") from None
-
-
-def run_onnx(path: Path, x: np.ndarray, batch: int = 256) -> np.ndarray:
-    """Raw outputs of an ONNX file for ``x``, in batches, one thread (as the runtime makes sessions)."""
-    s = load_session(path, threads=1)
-    return np.concatenate([s.run(None, {"input": x[i : i + batch]})[0] for i in range(0, len(x), batch)])
-
-
-def latency_pair(paths: dict[str, Path], spec: InputSpec, runs: int = 300) -> dict[str, float]:
-    """Median single-face latency (ms), 1 thread, the models interleaved in one loop."""
-    sess = {k: load_session(p, threads=1) for k, p in paths.items()}
-    x = np.random.default_rng(0).standard_normal((1, spec.channels, spec.size, spec.size)).astype(np.float32)
-    for s in sess.values():
-        for _ in range(30):
-            s.run(None, {"input": x})
-    times = {k: [] for k in sess}
-    for _ in range(runs):
-        for k, s in sess.items():
-            t = time.perf_counter()
-            s.run(None, {"input": x})
-            times[k].append(time.perf_counter() - t)
-    return {k: float(np.median(v) * 1e3) for k, v in times.items()}
-
-
-def check_gates(ref_logits: np.ndarray, fp32_logits: np.ndarray, int8_logits: np.ndarray, labels: np.ndarray, g: Gates) -> dict:
-    """Compare the three models on the same labelled faces; returns figures and pass/fail per gate."""
-    diff = float(np.abs(ref_logits - fp32_logits).max()) if len(ref_logits) else 0.0
-    p_ref, p32, p8 = ref_logits.argmax(1), fp32_logits.argmax(1), int8_logits.argmax(1)
-    acc = lambda p: float((p == labels).mean())  # noqa: E731
-    agree = float((p8 == p32).mean())
-    r = {"n": int(len(labels)), "accuracy_torch": acc(p_ref), "accuracy_fp32": acc(p32), "accuracy_int8": acc(p8),
-         "max_abs_diff_fp32_vs_torch": diff, "top1_agreement_int8_vs_fp32": agree,
-         "accuracy_drop_int8": acc(p32) - acc(p8)}
-    min_agreement, max_acc_drop = g.min_agreement, g.max_acc_drop
-    if g.one_face and len(labels):  # one face of n is 1/n: on 40 faces, 2.5 points
-        one = 1.0 / len(labels) + 1e-9
-        min_agreement, max_acc_drop = min(min_agreement, 1.0 - one), max(max_acc_drop, one)
-    r["gates"] = {
-        "fp32_matches_torch": {"value": diff, "threshold": g.max_abs_diff, "passed": bool(np.isfinite(diff) and diff <= g.max_abs_diff)},
-        "int8_agrees_with_fp32": {"value": agree, "threshold": min_agreement, "passed": agree >= min_agreement},
-        "int8_accuracy_drop": {"value": r["accuracy_drop_int8"], "threshold": max_acc_drop, "passed": r["accuracy_drop_int8"] <= max_acc_drop},
-    }
-    return r
-
-
-def write_ort(final: dict[str, Path]) -> dict[str, str]:
-    """Also save ``.ort`` files for onnxruntime minimal builds (basic optimisations only, so
-    they stay portable across CPUs)."""
-    out = {}
-    for k, p in final.items():
-        dst = p.with_suffix(".ort")
-        so = session_options(threads=1)
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-        so.optimized_model_filepath = str(dst)
-        so.add_session_config_entry("session.save_model_format", "ORT")
-        ort.InferenceSession(str(p), so, providers=["CPUExecutionProvider"])
-        out[f"{k}_ort"] = str(dst)
-    return out
-
-
-def format_report(r: dict) -> str:
-    b = r["bytes"]
-    lat = r["latency_ms_1thread"]
-    rows = [
-        ("", "PyTorch", "ONNX fp32", "ONNX int8"),
-        ("size", f"{b['checkpoint'] / 1024:.0f} KiB", f"{b['fp32'] / 1024:.0f} KiB", f"{b['int8'] / 1024:.0f} KiB"),
-        (f"accuracy (n={r['n']})", f"{r['accuracy_torch'] * 100:.2f}%", f"{r['accuracy_fp32'] * 100:.2f}%", f"{r['accuracy_int8'] * 100:.2f}%"),
-        ("latency, 1 face, 1 thread", "", f"{lat['fp32']:.3f} ms", f"{lat['int8']:.3f} ms"),
-    ]
-    lines = ["".join(f"{c:<28}" if i == 0 else f"{c:>14}" for i, c in enumerate(row)) for row in rows]
-    lines.append(f"int8/fp32 latency ratio {lat['int8_over_fp32']:.2f}; calibration {r['calibration']['method']} on {r['calibration']['faces']} faces")
-    c = r["confidence"]
-    how = "fitted on the verification faces" if c["fitted"] else f"not fitted: {c['not_fitted']}" if "not_fitted" in c else "given"
-    lines.append(f"confidence: temperature {c['temperature']:g} ({how}); "
-                 f"ECE (15 bins) {c['ece_before']:.4f} -> {c['ece_after']:.4f}")
-    if "robustness_int8" in r:
-        rb = r["robustness_int8"]
-        lines.append(f"int8 under degraded faces: mean {rb['mean'] * 100:.2f}%, worst {rb['worst'] * 100:.2f}% ({rb['worst_condition']})")
-    for gname, g in r["gates"].items():
-        lines.append(f"gate {gname:<24} {'PASS' if g['passed'] else 'FAIL'}  value {g['value']:.6g}  threshold {g['threshold']:.6g}")
-    return "\n".join(lines)
