@@ -10,7 +10,7 @@ loads each file as the edge runtime will, and only when every gate passed moves 
 place. A failed gate keeps the files as ``*.FAILED.onnx`` and never overwrites a good export.
 
 The pieces: the ONNX steps in :mod:`.convert`, the gates and figures in :mod:`.verification`,
-the faces in :mod:`.faces`.
+the faces in :mod:`.splits`.
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ from emo.train.models import count_macs, count_params
 
 from .convert import METHODS, latency_pair, quantize, run_onnx, torch_to_onnx, write_ort
 from .equalize import equalize_separable
-from .faces import load_faces, own_faces, resolve_data
+from .splits import load_faces, own_faces, resolve_data
 from .onnxfile import stamp_metadata
 from .options import ExportOptions, Gates  # noqa: F401 (Gates: imported from here too)
 from .verification import calibrate_confidence, check_gates, format_report, robustness  # noqa: F401 (format_report: the CLI's)
