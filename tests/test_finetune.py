@@ -187,6 +187,11 @@ def test_errors_are_one_line(seed_run, user_faces, tmp_path, monkeypatch, capfd)
     (empty / "sad").mkdir()
     err = refused(empty)
     assert "sad in" in err and "hold no images" in err
+    made = tmp_path / "made-by-collect"  # emo-edge collect makes every folder: an empty one is a missing emotion
+    write_user_faces(made, people=2, classes=[3, 5])
+    (made / "sad").mkdir()
+    (made / "faces.csv").write_text("file,group\n")
+    assert group_splits(str(made), 48, 0.5, 0)[2]["classes_seen"] == ["happy", "surprise"]
     broken = tmp_path / "broken" / "happy"
     broken.mkdir(parents=True)
     for i in range(12):

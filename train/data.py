@@ -8,10 +8,12 @@ from pathlib import Path
 
 import numpy as np
 
+from emo.edge_runtime.collect_table import CSV_NAME as COLLECT_CSV
 from emo.edge_runtime.dataset import DataReport, Split, class_index, has_split, load_folder, load_split, stratified_split
 from emo.edge_runtime.errors import EmoError
 from emo.edge_runtime.files import IMAGE_EXTS
 from emo.edge_runtime.labels import LABELS
+from emo.edge_runtime.serve.label_store import LOG_NAME as LABEL_LOG
 
 
 def train_val_splits(data: str, size: int, limit: int | None, val_fraction: float, seed: int) -> tuple[Split, Split]:
@@ -152,7 +154,7 @@ def group_split(labels: np.ndarray, groups: list[str], fraction: float, seed: in
     names, gi = np.unique(np.asarray(groups, dtype=object).astype(str), return_inverse=True)
     n_groups = len(names)
     if n_groups < 2:
-        raise EmoError(f"all {len(labels)} faces belong to one group ({names[0]!r}), so none are left to validate on; "
+        raise EmoError(f"all {len(labels)} faces belong to one group ('{names[0]}'), so none are left to validate on; "
                        "faces of at least two people or sessions are needed (the file-name prefix before '_', or --groups CSV)")
     counts = np.zeros((n_groups, len(LABELS)))
     np.add.at(counts, (gi, labels), 1)
@@ -172,6 +174,13 @@ def group_split(labels: np.ndarray, groups: list[str], fraction: float, seed: in
     return np.isin(gi, val)
 
 
+def made_by_emo(folder: Path) -> bool:
+    """Whether `emo-edge collect` or `emo-edge label` made DIR (its faces.csv or label log is there):
+    they make every emotion folder, so an empty one is an emotion the user has no faces of, not a
+    mistake; :func:`group_splits` refuses empty class folders only in folders the user made."""
+    return (folder / COLLECT_CSV).is_file() or (folder / LABEL_LOG).is_file()
+
+
 def group_splits(data: str, size: int, val_fraction: float, seed: int, groups_csv: str = "") -> tuple[Split, Split, dict]:
     """A user's folder of ``<emotion>/`` faces split into training and validation faces by group
     (:func:`face_groups`, :func:`group_split`), and a record of it: a fingerprint of the data (faces,
@@ -181,7 +190,7 @@ def group_splits(data: str, size: int, val_fraction: float, seed: int, groups_cs
         raise EmoError(f"{data} is not a folder; pass a folder of <emotion>/ face images (angry/, happy/, ...)")
     empty = [d.name for d in sorted(folder.iterdir()) if d.is_dir() and class_index(d.name) is not None
              and not any(f.suffix.lower() in IMAGE_EXTS for f in d.iterdir())]
-    if empty:
+    if empty and not made_by_emo(folder):
         raise EmoError(f"class folder(s) {', '.join(empty)} in {data} hold no images; add faces or remove the folder(s)")
     try:
         every = load_folder(folder, "all", size)
