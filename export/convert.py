@@ -4,6 +4,8 @@ file on faces (:func:`run_onnx`), timing two files side by side (:func:`latency_
 ``.ort`` files of minimal builds (:func:`write_ort`)."""
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import time
 import warnings
@@ -65,7 +67,7 @@ def quantize(fp32: Path, out: Path, calib: np.ndarray, method: str, per_channel:
     batch = min(batch, len(calib))
     calib = calib[: len(calib) // batch * batch]
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):  # its calibrators print progress
             warnings.simplefilter("ignore")
             quantize_static(str(fp32), str(out), CalibReader(calib, "input", batch), quant_format=QuantFormat.QDQ,
                             per_channel=per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
