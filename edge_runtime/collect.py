@@ -27,6 +27,7 @@ from .collect_table import CSV_NAME, FacesTable, row_key
 from .errors import EmoError
 from .files import atomic_write_bytes, check_writable_dir, exists, is_dir, shown
 from .frames import Frame, Source
+from .job import signals, stopped_status
 from .labels import LABELS
 from .pipeline import FrameResult
 from .preprocess import InputSpec, crop_face, to_gray
@@ -229,23 +230,23 @@ def collect(o: CollectOptions) -> int:
     if o.size < 16:
         raise EmoError(f"--size {o.size} is too small; give at least 16 pixels")
     rec = o.recognizer()
-    stop = StopFlag().install()
     sink, table, summary = None, None, None
     try:
-        src = open_source(o.source, o.width, o.height, o.fps, o.reconnect, stop=stop, timeout=o.timeout)
-        try:
-            table = open_out(o.out)
-            sink = CollectSink(o, table, rec, src, stop)
-        except BaseException:
-            src.close()
-            raise
-        summary = run(src, src.label, rec, [sink], o.max_frames, o.duration, stop)
-    except EmoError as e:
-        if not stop.reason or sink is None:
-            raise
-        print(f"emo-edge: stopped by {stop.reason} ({e})", file=sys.stderr)
-    finally:
-        stop.restore()
+        with signals() as stop:
+            try:
+                src = open_source(o.source, o.width, o.height, o.fps, o.reconnect, stop=stop, timeout=o.timeout)
+                try:
+                    table = open_out(o.out)
+                    sink = CollectSink(o, table, rec, src, stop)
+                except BaseException:
+                    src.close()
+                    raise
+                summary = run(src, src.label, rec, [sink], o.max_frames, o.duration, stop)
+            except EmoError as e:
+                if not stop.reason or sink is None:
+                    raise
+                print(f"emo-edge: stopped by {stop.reason} ({e})", file=sys.stderr)
+    finally:  # the table is closed after the signal handlers are restored
         if table is not None:
             table.close()
     return report(o, sink, table, summary.stopped_by if summary else stop.reason, stop, rec)
@@ -265,5 +266,5 @@ def report(o: CollectOptions, sink: Optional[CollectSink], table: FacesTable, st
     if stopped_by and stopped_by != MAX_FACES:
         print(f"emo-edge: stopped by {stopped_by} after {c.frames} frames; what was saved is kept, rerun to go on",
               file=sys.stderr)
-        return stop.exit_code or 1
+        return stopped_status(stop)
     return 0

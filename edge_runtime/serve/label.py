@@ -21,8 +21,8 @@ from urllib.parse import urlsplit
 
 from ..errors import EmoError
 from ..files import shown
+from ..job import signals
 from ..labels import LABELS
-from ..stopping import StopFlag
 from .http import Handler, HTTPServer
 from .job import is_loopback
 from .label_store import DISCARDED, FOLDERS, LOG_NAME, LabelStore, Refused
@@ -212,8 +212,7 @@ def run_label(root: Path, host: str = "127.0.0.1", port: int = 8000, token: Opti
     if not is_loopback(host) and not opts.token:
         print(f"emo-edge: warning: serving on {host}:{port} without --token; anyone on the network can see and "
               "move the faces", file=sys.stderr, flush=True)
-    stop = StopFlag().install()
-    try:
+    with signals() as stop:
         server = LabelServer(store, opts)
         try:
             counts = store.counts()
@@ -225,8 +224,6 @@ def run_label(root: Path, host: str = "127.0.0.1", port: int = 8000, token: Opti
                 pass
         finally:
             server.close()
-    finally:
-        stop.restore()
     print(f"emo-edge: label stopped by {stop.reason}; {store.session_moves} moves this run, every one in "
           f"{shown(store.log_path)}", file=sys.stderr, flush=True)
     return stop.exit_code

@@ -1,33 +1,31 @@
-"""The folder `emo-edge label` sorts, and the log of every move made in it.
+"""The folder `emo-edge label` sorts, and the moves made in it.
 
 DIR holds one folder per emotion (:data:`~emo.edge_runtime.labels.LABELS`) and ``_discarded/``;
 the folder a face is in is its label. A move is one :func:`os.replace` inside DIR. Before the
-rename, its record is appended to ``DIR/label-log.jsonl`` and fsynced, so at any moment of a crash
-the log names every move that may have happened; the next start finishes a move the log has but
-the folders do not (:meth:`LabelStore.finish_last`). An undo is a move back, logged the same way
-with the id of the move it undoes, so the moves still to undo survive a restart.
+rename, its record is appended to ``DIR/label-log.jsonl`` and fsynced (:mod:`.label_log`), so at
+any moment of a crash the log names every move that may have happened; the next start finishes a
+move the log has but the folders do not (:meth:`LabelStore.finish_last`). An undo is a move back,
+logged the same way with the id of the move it undoes, so the moves still to undo survive a restart.
 
 Only a regular file (not a link) with an image suffix, directly inside one of these folders, can
 be moved; the folders themselves must be real folders, not links out of DIR.
 """
 from __future__ import annotations
 
-import json
 import os
 import stat
 import threading
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Optional
 
 from ..errors import EmoError
 from ..files import IMAGE_EXTS, shown
 from ..labels import LABELS
+from .label_log import LOG_NAME, Move, append, fsync_dir, not_undone, read_log, replay  # noqa: F401 (Move, replay: imported from here too)
 
 DISCARDED = "_discarded"
 FOLDERS = (*LABELS, DISCARDED)
-LOG_NAME = "label-log.jsonl"
 MAX_NAME = 255  # bytes of a file name on common file systems
 MAX_FILES = 100_000  # names listed per folder
 
@@ -40,21 +38,6 @@ class Refused(Exception):
         self.code = code
 
 
-@dataclass(frozen=True)
-class Move:
-    """One logged rename: ``src`` and ``dst`` are ``<folder>/<file>`` inside DIR."""
-
-    id: int
-    op: str  # "move" or "undo"
-    src: str
-    dst: str
-    time: str = ""
-    undoes: Optional[int] = None  # for an undo: the id of the move it reverses
-
-    def record(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if v is not None}
-
-
 def is_face_name(name: str) -> bool:
     """A name label may list: an image suffix, no path parts, not hidden, printable UTF-8."""
     if not isinstance(name, str) or not name or name.startswith(".") or "/" in name or "\\" in name:
@@ -64,25 +47,6 @@ def is_face_name(name: str) -> bool:
     except UnicodeEncodeError:
         return False
     return size <= MAX_NAME and name.isprintable() and os.path.splitext(name)[1].lower() in IMAGE_EXTS
-
-
-def replay(moves: Iterable[Move], files: Iterable[str]) -> set[str]:
-    """The files (``<folder>/<file>``) after ``moves`` are applied to ``files``: what the folders
-    hold when every logged move happened and nothing else touched them."""
-    out = set(files)
-    for m in moves:
-        if m.src in out:
-            out.discard(m.src)
-            out.add(m.dst)
-    return out
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _is_real_dir(path: Path) -> bool:
@@ -100,8 +64,8 @@ class LabelStore:
         self.log_path = self.root / LOG_NAME
         self.lock = threading.Lock()
         self._check_root()
-        self.moves = self._read_log()
-        self.done = self._undoable(self.moves)  # ids of moves not undone, oldest first
+        self.moves = read_log(self.log_path)
+        self.done = not_undone(self.moves)  # ids of moves not undone, oldest first
         self.session_moves = 0
 
     # --- start-up ------------------------------------------------------------------------------
@@ -128,53 +92,6 @@ class LabelStore:
         if os.path.lexists(self.log_path) and not (os.path.isfile(self.log_path) and not os.path.islink(self.log_path)):
             raise EmoError(f"{shown(self.log_path)} is not a regular file; move it away")
 
-    def _read_log(self) -> list[Move]:
-        """The moves the log holds. A last line cut off by a crash (never acted on: the rename comes
-        after the fsync) is dropped from the file; any other line that is not a record is an error."""
-        try:
-            data = self.log_path.read_bytes()
-        except FileNotFoundError:
-            return []
-        except OSError as e:
-            raise EmoError(f"cannot read {shown(self.log_path)}: {e.strerror}") from None
-        lines = data.split(b"\n")
-        moves, keep = [], 0  # keep: bytes of the file that hold whole records
-        for n, raw in enumerate(lines, 1):
-            if not raw.strip():
-                keep += len(raw) + (n < len(lines))
-                continue
-            try:
-                rec = json.loads(raw)
-                m = Move(int(rec["id"]), str(rec["op"]), str(rec["src"]), str(rec["dst"]), str(rec.get("time", "")),
-                         int(rec["undoes"]) if rec.get("undoes") is not None else None)
-                if m.op not in ("move", "undo"):
-                    raise ValueError(m.op)
-            except (ValueError, KeyError, TypeError):
-                if n == len(lines):  # the last line, cut off by a crash
-                    break
-                raise EmoError(f"{shown(self.log_path)} line {n} is not a label record; fix it or move the log "
-                               "away (undo then starts afresh)") from None
-            moves.append(m)
-            keep += len(raw) + (n < len(lines))
-        if keep < len(data) or (data and not data.endswith(b"\n")):
-            with open(self.log_path, "r+b") as fh:  # drop the torn tail; end on a newline
-                fh.truncate(keep)
-                if keep and data[keep - 1:keep] != b"\n":
-                    fh.seek(keep)
-                    fh.write(b"\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-        return moves
-
-    @staticmethod
-    def _undoable(moves: list[Move]) -> list[int]:
-        done: list[int] = []
-        for m in moves:
-            if m.op == "move":
-                done.append(m.id)
-            elif m.undoes in done:
-                done.remove(m.undoes)
-        return done
 
     def finish_last(self) -> Optional[str]:
         """Finish the last logged move if a crash came between its log line and its rename; what
@@ -259,7 +176,7 @@ class LabelStore:
         if not os.path.lexists(d):
             try:
                 os.mkdir(d)
-                _fsync_dir(self.root)
+                fsync_dir(self.root)
             except OSError as e:
                 raise Refused(500, f"cannot create {folder}/ in {shown(self.root.name)}: {e.strerror}") from None
         if not _is_real_dir(d):
@@ -275,14 +192,8 @@ class LabelStore:
         """Append a record to the log (fsynced) and to :attr:`moves`."""
         m = Move(self.moves[-1].id + 1 if self.moves else 1, op, src, dst,
                  time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), undoes)
-        new = not os.path.lexists(self.log_path)
         try:
-            with open(self.log_path, "a", encoding="utf-8") as fh:
-                fh.write(json.dumps(m.record(), separators=(",", ":")) + "\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-            if new:
-                _fsync_dir(self.root)
+            append(self.log_path, m)
         except OSError as e:
             raise Refused(500, f"cannot write {LOG_NAME}: {e.strerror}; nothing was moved") from None
         self.moves.append(m)
@@ -299,13 +210,13 @@ class LabelStore:
             try:
                 self._record("undo" if op == "move" else "move", m.dst, m.src, m.id if op == "move" else None)
             finally:
-                self.done = self._undoable(self.moves)
+                self.done = not_undone(self.moves)
             raise Refused(500, f"cannot move {m.src}: {e.strerror}; nothing was moved") from None
-        self.done = self._undoable(self.moves)
+        self.done = not_undone(self.moves)
         self.session_moves += 1
         for d in {src.parent, dst.parent}:  # make the rename itself durable
             try:
-                _fsync_dir(d)
+                fsync_dir(d)
             except OSError:
                 pass
         return m
