@@ -3,6 +3,7 @@ import math
 import os
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -13,6 +14,7 @@ from emo.edge_runtime.classifier import Classifier
 from emo.edge_runtime.dataset import load_split
 from emo.edge_runtime.preprocess import InputSpec, normalize
 from emo.train.checkpoint import file_sha256, load_checkpoint, model_from_checkpoint
+from emo.train.cli import main as train_main
 from emo.train.models import REGISTRY, build_model, count_macs, count_params, grow_state_dict
 from emo.train.augment import augment, mixup, step_generator
 from emo.train.config import TrainConfig
@@ -91,18 +93,18 @@ def test_fit_grows_a_smaller_emonet(synthetic_fer, tmp_path):
     assert "grown to" in r.stdout
 
 
-def test_ensemble_averages_its_members_and_exports(synthetic_fer, tmp_path):
+def test_ensemble_averages_its_members_and_exports(synthetic_fer, tmp_path, monkeypatch, capfd):
     args = ["--set", "max_steps=2", "--set", "batch_size=16"]
     for name, arch in (("a", "emonet-s"), ("b", "mini-xception")):
         r = _fit(synthetic_fer, tmp_path, name, "--set", f"arch={arch}", *args)
         assert r.returncode == 0, r.stderr
     a, b = tmp_path / "a" / "model.pt", tmp_path / "b" / "model.pt"
-    r = run_cli("emo-train", "ensemble", a, b, "--data", synthetic_fer, "--out", tmp_path, "--name", "e")
-    assert r.returncode == 0, r.stderr
-    assert "ensemble of 2: val accuracy" in r.stdout and r.stdout.count("member ") == 2
-    r = run_cli("emo-train", "ensemble", a, b, "--flip", "--data", synthetic_fer, "--out", tmp_path, "--name", "ef")
-    assert r.returncode == 0, r.stderr
-    assert "ensemble of 2 with mirrored faces: val accuracy" in r.stdout
+    code, out, err = _train_here(monkeypatch, capfd, "ensemble", a, b, "--data", synthetic_fer, "--out", tmp_path, "--name", "e")
+    assert code == 0, err
+    assert "ensemble of 2: val accuracy" in out and out.count("member ") == 2
+    code, out, err = _train_here(monkeypatch, capfd, "ensemble", a, b, "--flip", "--data", synthetic_fer, "--out", tmp_path, "--name", "ef")
+    assert code == 0, err
+    assert "ensemble of 2 with mirrored faces: val accuracy" in out
     ens, ensf = (model_from_checkpoint(load_checkpoint(tmp_path / n / "model.pt")) for n in ("e", "ef"))
     ma, mb = (model_from_checkpoint(load_checkpoint(p)).eval() for p in (a, b))
     x = torch.randn(3, 1, 48, 48)
@@ -118,12 +120,10 @@ def test_ensemble_averages_its_members_and_exports(synthetic_fer, tmp_path):
     members = json.loads(Classifier(tmp_path / "ef" / "model.int8.onnx").meta.extra["members"])
     assert [(m["checkpoint"], m["sha256"]) for m in members] == [(str(p), file_sha256(p)) for p in (a, b)]
     # user errors: one line each
-    r = run_cli("emo-train", "ensemble", a, "--data", synthetic_fer, "--out", tmp_path, "--name", "one")
-    assert r.returncode == 2 and "at least two" in r.stderr and "Traceback" not in r.stderr
-    r = run_cli("emo-train", "ensemble", a, tmp_path / "e" / "model.pt", "--data", synthetic_fer, "--out", tmp_path, "--name", "nested")
-    assert r.returncode == 2 and "already an ensemble" in r.stderr and "Traceback" not in r.stderr
-    r = run_cli("emo-train", "ensemble", a, b, "--data", synthetic_fer, "--out", tmp_path, "--name", "a")
-    assert r.returncode == 2 and "folder of a member" in r.stderr and "Traceback" not in r.stderr
+    for members, name, why in (([a], "one", "at least two"), ([a, tmp_path / "e" / "model.pt"], "nested", "already an ensemble"),
+                               ([a, b], "a", "folder of a member")):
+        code, out, err = _train_here(monkeypatch, capfd, "ensemble", *members, "--data", synthetic_fer, "--out", tmp_path, "--name", name)
+        assert code == 2 and why in err and "Traceback" not in err and err.count("\n") == 1, err
 
 
 def test_weight_average_forgets_the_random_start_within_a_hundred_steps():
@@ -143,6 +143,16 @@ def test_weight_average_forgets_the_random_start_within_a_hundred_steps():
 def test_unknown_arch():
     with pytest.raises(EmoError, match="unknown architecture"):
         build_model("resnet152")
+
+
+def _train_here(monkeypatch, capfd, *args) -> tuple[int, str, str]:
+    """emo-train in this process (no interpreter and torch start-up per call): exit code, stdout, stderr."""
+    capfd.readouterr()
+    monkeypatch.setattr(sys, "argv", ["emo-train", *map(str, args)])
+    with pytest.raises(SystemExit) as e:
+        train_main()
+    out, err = capfd.readouterr()
+    return e.value.code, out, err
 
 
 def _fit(data, out, name, *extra):
@@ -442,3 +452,12 @@ def test_fold_teachers_and_a_heldout_student(seed_run, synthetic_fer, tmp_path):
     _evaluate_folds(tmp_path / "f1" / "model.pt", seed_run / "model.pt", synthetic_fer, tmp_path)
     r = _fit(synthetic_fer, tmp_path, "bad", *quick, "--set", "fold=1")
     assert r.returncode == 2 and "folds is not" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_quiet_keeps_the_progress_lines_back(synthetic_fer, tmp_path):
+    small = ["--set", "arch=seed", "--set", "max_steps=2", "--set", "batch_size=32", "--set", "plots=false"]
+    loud = _fit(synthetic_fer, tmp_path, "loud", *small)
+    quiet = run_cli("emo-train", "-q", "fit", "--data", synthetic_fer, "--out", tmp_path, "--name", "quiet", "--no-progress", *small)
+    assert loud.returncode == 0 and quiet.returncode == 0, loud.stderr + quiet.stderr
+    assert "epoch 1/" in loud.stdout and "model seed" in loud.stdout
+    assert quiet.stdout == "" and quiet.stderr == "" and (tmp_path / "quiet" / "model.pt").is_file()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import List, Literal, Optional
@@ -14,6 +15,23 @@ from emo.edge_runtime.errors import EmoError, cli_main
 app = typer.Typer(add_completion=False, rich_markup_mode=None, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Train small FER2013 emotion CNNs (PyTorch) and evaluate checkpoints.")
 root_callback(app, "emo-train")
+
+
+class _Stdout(logging.Handler):
+    """A run's progress is its report: on stdout (the sys.stdout of the moment), one line a record."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(self.format(record), flush=True)
+
+
+report = logging.getLogger("emo.train")  # INFO under the CLIs' logger `emo`: --quiet hides it, --verbose adds debug lines
+report.addHandler(_Stdout())
+report.propagate = False
+
+
+def log(*parts) -> None:
+    """How emo-train's commands report progress (epochs, data, teachers, gates): logger ``emo.train``."""
+    report.info(" ".join(str(p) for p in parts))
 
 
 @app.command()
@@ -38,7 +56,6 @@ def fit(
 
     overrides = dict(data=data, out=out, name=name, device=device, threads=threads, progress=progress)
     overrides.update(parse_sets(set_))
-    log = lambda *a: print(*a, flush=True)  # noqa: E731
     try:
         if resume:
             if config is not None:
@@ -134,7 +151,7 @@ def recalibrate(
     if threads:
         torch.set_num_threads(threads)
     recalibrate_checkpoint(checkpoint, data, out=out, name=name, flip=flip, limit_per_class=limit_per_class,
-                           progress=progress, log=lambda *a: print(*a, flush=True), half=half)
+                           progress=progress, log=log, half=half)
 
 
 
@@ -154,7 +171,7 @@ def ensemble(
     """
     from .ensemble import build_ensemble
 
-    build_ensemble(checkpoints, data, out=out, name=name, half=half, flip=flip, log=lambda *a: print(*a, flush=True))
+    build_ensemble(checkpoints, data, out=out, name=name, half=half, flip=flip, log=log)
 
 
 @app.command()
@@ -173,7 +190,7 @@ def half(
     """
     from .half import half_checkpoint
 
-    half_checkpoint(checkpoint, out, data, min_agreement=min_agreement, max_drop=max_drop / 100, log=lambda *a: print(*a, flush=True))
+    half_checkpoint(checkpoint, out, data, min_agreement=min_agreement, max_drop=max_drop / 100, log=log)
 
 @app.command()
 def finetune(
@@ -219,7 +236,6 @@ def finetune(
 
     req = FinetuneRequest(data=str(data), base=base, replay=replay, groups=str(groups) if groups else "", val_fraction=val_fraction,
                           seed=seed, recipe=config, overrides=parse_sets(set_), out=out, name=name or "")
-    log = lambda *a: print(*a, flush=True)  # noqa: E731
     again = "the same command again: " + shlex.join(["emo-train", *sys.argv[1:]])
     try:
         result = run_finetune(req, log=log, live={"threads": threads, "device": device, "progress": progress}, resume_hint=again)
