@@ -57,6 +57,8 @@ def main() -> None:
     ap.add_argument("--inner", type=int, default=1, help="without --fold: the inner seed of the training half")
     ap.add_argument("--set", dest="sets", action="append", default=[], help="KEY=VALUE for the fine-tuning recipe")
     ap.add_argument("--out", type=Path, default=Path("research/results/finetune-frontier.jsonl"))
+    ap.add_argument("--keep", type=Path, default=None,
+                    help="keep the given faces (links) and the run here, for finetune_gate.py (KEEP/runs/r); default: a temporary folder")
     args = ap.parse_args()
     torch.set_num_threads(1)
     data = shared / "ckplus-dev"
@@ -77,7 +79,8 @@ def main() -> None:
             overrides[k] = json.loads(v)
         except ValueError:
             overrides[k] = v
-    with tempfile.TemporaryDirectory(prefix="emo-frontier-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="emo-frontier-") as scratch:
+        tmp = str(args.keep or scratch)
         folder = bench.link_folder(Path(tmp) / "data", data, [n for n in faces.names if bench.subject(n) in train])
         t0 = time.time()
         res = finetune(FinetuneRequest(data=str(folder), base=args.base, replay=str(shared / "fer2013"), overrides=overrides,
