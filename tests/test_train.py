@@ -425,7 +425,7 @@ def test_heldout_probs_come_from_the_teacher_that_held_each_face_out():
         assert torch.allclose(got[i], teacher_probs([teachers[k]], x[i : i + 1], 2.0, False)[0])
 
 
-def test_fold_teachers_and_a_heldout_student(seed_run, synthetic_fer, tmp_path):
+def test_fold_teachers_and_a_heldout_student(seed_run, synthetic_fer, tmp_path, monkeypatch, capfd):
     quick = ["--set", "arch=emonet-s", "--set", "max_steps=2", "--set", "batch_size=32", "--set", "plots=false"]
     for k in (1, 0):
         r = _fit(synthetic_fer, tmp_path, f"f{k}", *quick, "--set", "folds=2", "--set", f"fold={k}", "--set", "fold_seed=5")
@@ -444,14 +444,16 @@ def test_fold_teachers_and_a_heldout_student(seed_run, synthetic_fer, tmp_path):
            "both hold out fold 0": [f"teachers={t('f0', 'f0')}"],
            "drop folds": [f"teachers={t('f0', 'f1')}", "folds=2"],
            "mixup": [f"teachers={t('f0', 'f1')}", "mixup=0.2"]}
+    fit_here = lambda *extra: _train_here(monkeypatch, capfd, "fit", "--data", synthetic_fer, "--out", tmp_path,  # noqa: E731
+                                          "--name", "bad", "--no-progress", *extra)  # refused before training: in this process
     for msg, sets in bad.items():
-        r = _fit(synthetic_fer, tmp_path, "bad", *student, *[a for s in sets for a in ("--set", s)])
-        assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, (msg, r.stderr)
-    r = _fit(synthetic_fer, tmp_path, "bad", *quick, "--set", "folds=2", "--set", "fold=2")
-    assert r.returncode == 2 and "fold must be within 0..1" in r.stderr
+        code, _, err = fit_here(*student, *[a for s in sets for a in ("--set", s)])
+        assert code == 2 and msg in err and "Traceback" not in err, (msg, err)
+    code, _, err = fit_here(*quick, "--set", "folds=2", "--set", "fold=2")
+    assert code == 2 and "fold must be within 0..1" in err
     _evaluate_folds(tmp_path / "f1" / "model.pt", seed_run / "model.pt", synthetic_fer, tmp_path)
-    r = _fit(synthetic_fer, tmp_path, "bad", *quick, "--set", "fold=1")
-    assert r.returncode == 2 and "folds is not" in r.stderr and "Traceback" not in r.stderr
+    code, _, err = fit_here(*quick, "--set", "fold=1")
+    assert code == 2 and "folds is not" in err and "Traceback" not in err
 
 
 def test_quiet_keeps_the_progress_lines_back(synthetic_fer, tmp_path):
