@@ -37,6 +37,18 @@ def bin_path(name: str) -> str:
 CLI_TIMEOUT = float(os.environ.get("EMO_TEST_CLI_TIMEOUT", "300"))
 
 
+def emo_train_here(monkeypatch, capfd, *args) -> tuple[int, str, str]:
+    """emo-train in this process, through its main() (one-line errors, exit codes): exit code,
+    stdout, stderr. For calls that end before training: no interpreter and torch start-up each."""
+    from emo.train.cli import main
+    capfd.readouterr()
+    monkeypatch.setattr(sys, "argv", ["emo-train", *map(str, args)])
+    with pytest.raises(SystemExit) as e:
+        main()
+    out, err = capfd.readouterr()
+    return e.value.code, out, err
+
+
 def run_cli(name: str, *args, timeout: float | None = None, **kw) -> subprocess.CompletedProcess:
     return subprocess.run([bin_path(name), *map(str, args)], capture_output=True, text=True,
                           timeout=timeout or CLI_TIMEOUT, **kw)

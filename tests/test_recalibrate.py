@@ -9,7 +9,7 @@ from emo.train.checkpoint import load_checkpoint, model_from_checkpoint
 from emo.train.models import build_model
 from emo.train.recalibrate import batchnorm_layers, recalibrate_bn
 
-from conftest import run_cli
+from conftest import emo_train_here, run_cli
 
 
 def test_statistics_become_those_of_the_data():
@@ -37,7 +37,7 @@ def test_model_without_batchnorm_is_refused():
         recalibrate_bn(build_model("seed"), torch.zeros(4, 1, 48, 48))
 
 
-def test_recalibrate_cli_writes_a_new_checkpoint(synthetic_fer, seed_run, tmp_path):
+def test_recalibrate_cli_writes_a_new_checkpoint(synthetic_fer, seed_run, tmp_path, monkeypatch, capfd):
     r = run_cli("emo-train", "fit", "--data", synthetic_fer, "--set", "arch=emonet-s", "--set", "max_steps=6", "--set", "batch_size=32",
                 "--out", tmp_path, "--name", "s", "--no-progress")
     assert r.returncode == 0, r.stderr
@@ -52,13 +52,11 @@ def test_recalibrate_cli_writes_a_new_checkpoint(synthetic_fer, seed_run, tmp_pa
     assert moved and all("running_" in k or "num_batches" in k for k in moved)  # only statistics change
     m = json.loads((tmp_path / "s-bn" / "metrics.json").read_text())
     assert m["val_report"]["n"] == src["data"]["val_report"]["count"] and (tmp_path / "s-bn" / "confusion.png").is_file()
-    # user errors: one line, no traceback
-    r = run_cli("emo-train", "recalibrate", tmp_path / "s" / "model.pt", "--data", synthetic_fer, "--out", tmp_path, "--name", "s")
-    assert r.returncode == 2 and "input checkpoint" in r.stderr and "Traceback" not in r.stderr
-    r = run_cli("emo-train", "recalibrate", seed_run / "model.pt", "--data", synthetic_fer, "--out", tmp_path)
-    assert r.returncode == 2 and "no BatchNorm" in r.stderr and "Traceback" not in r.stderr
-    r = run_cli("emo-train", "recalibrate", tmp_path / "nope.pt", "--data", synthetic_fer)
-    assert r.returncode == 2 and "does not exist" in r.stderr and "Traceback" not in r.stderr
+    # user errors: one line, no traceback (refused before any work: emo-train in this process)
+    for args, why in (([tmp_path / "s" / "model.pt", "--out", tmp_path, "--name", "s"], "input checkpoint"),
+                      ([seed_run / "model.pt", "--out", tmp_path], "no BatchNorm"), ([tmp_path / "nope.pt"], "does not exist")):
+        code, _, err = emo_train_here(monkeypatch, capfd, "recalibrate", *args, "--data", synthetic_fer)
+        assert code == 2 and why in err and "Traceback" not in err and err.count("\n") == 1, err
     # --half: float16 storage, about half the file, loads as float32, the accuracy printed is that of the float16 weights
     r = run_cli("emo-train", "recalibrate", tmp_path / "s" / "model.pt", "--data", synthetic_fer, "--out", tmp_path, "--name", "h",
                 "--half", "--no-progress")

@@ -3,7 +3,6 @@ import math
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
@@ -14,7 +13,6 @@ from emo.edge_runtime.classifier import Classifier
 from emo.edge_runtime.dataset import load_split
 from emo.edge_runtime.preprocess import InputSpec, normalize
 from emo.train.checkpoint import file_sha256, load_checkpoint, model_from_checkpoint
-from emo.train.cli import main as train_main
 from emo.train.models import REGISTRY, build_model, count_macs, count_params, grow_state_dict
 from emo.train.augment import augment, mixup, step_generator
 from emo.train.config import TrainConfig
@@ -22,7 +20,7 @@ from emo.train.distill import ema_decay, ema_update, make_ema, teacher_probs
 from emo.train.optim import lr_factor
 from emo.train.trainer import RunState
 
-from conftest import bin_path, run_cli, write_synthetic_fer
+from conftest import bin_path, emo_train_here, run_cli, write_synthetic_fer
 
 
 def test_seed_is_the_original_design():
@@ -146,13 +144,7 @@ def test_unknown_arch():
 
 
 def _train_here(monkeypatch, capfd, *args) -> tuple[int, str, str]:
-    """emo-train in this process (no interpreter and torch start-up per call): exit code, stdout, stderr."""
-    capfd.readouterr()
-    monkeypatch.setattr(sys, "argv", ["emo-train", *map(str, args)])
-    with pytest.raises(SystemExit) as e:
-        train_main()
-    out, err = capfd.readouterr()
-    return e.value.code, out, err
+    return emo_train_here(monkeypatch, capfd, *args)
 
 
 def _fit(data, out, name, *extra):
