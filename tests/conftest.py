@@ -37,16 +37,21 @@ def bin_path(name: str) -> str:
 CLI_TIMEOUT = float(os.environ.get("EMO_TEST_CLI_TIMEOUT", "300"))
 
 
-def emo_train_here(monkeypatch, capfd, *args) -> tuple[int, str, str]:
-    """emo-train in this process, through its main() (one-line errors, exit codes): exit code,
-    stdout, stderr. For calls that end before training: no interpreter and torch start-up each."""
-    from emo.train.cli import main
+def emo_here(prog: str, monkeypatch, capfd, *args) -> tuple[int, str, str]:
+    """emo-train or emo-export in this process, through its main() (one-line errors, exit codes):
+    exit code, stdout, stderr. For calls that end before the work: no interpreter and torch start-up each."""
+    import importlib
+    main = importlib.import_module({"emo-train": "emo.train.cli", "emo-export": "emo.export.cli"}[prog]).main
     capfd.readouterr()
-    monkeypatch.setattr(sys, "argv", ["emo-train", *map(str, args)])
+    monkeypatch.setattr(sys, "argv", [prog, *map(str, args)])
     with pytest.raises(SystemExit) as e:
         main()
     out, err = capfd.readouterr()
     return e.value.code, out, err
+
+
+def emo_train_here(monkeypatch, capfd, *args) -> tuple[int, str, str]:
+    return emo_here("emo-train", monkeypatch, capfd, *args)
 
 
 def run_cli(name: str, *args, timeout: float | None = None, **kw) -> subprocess.CompletedProcess:

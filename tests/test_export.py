@@ -15,7 +15,7 @@ from emo.export.exporter import ExportOptions, Gates, check_gates, load_faces
 from emo.train.checkpoint import load_checkpoint, model_from_checkpoint, save_atomic
 from emo.train.models import REGISTRY
 
-from conftest import run_cli
+from conftest import emo_here, run_cli
 
 
 def test_seed_export_passes_all_gates(seed_run):
@@ -188,20 +188,19 @@ def test_tight_threshold_flag_fails_the_gate(seed_run, tmp_path):
     assert r.returncode == 1 and "int8_agrees_with_fp32" in r.stderr
 
 
-def test_clear_errors(tmp_path, seed_run):
+def test_clear_errors(tmp_path, seed_run, monkeypatch, capfd):
     (tmp_path / "x.pt").write_text("hello")
-    r = run_cli("emo-export", tmp_path / "x.pt")
-    assert r.returncode == 2 and "not a PyTorch checkpoint" in r.stderr and "Traceback" not in r.stderr
     ck = load_checkpoint(seed_run / "model.pt")
     ck["arch"] = "vgg99"
     save_atomic(ck, tmp_path / "arch.pt")
-    r = run_cli("emo-export", tmp_path / "arch.pt")
-    assert r.returncode == 2 and "unknown architecture 'vgg99'" in r.stderr
-    r = run_cli("emo-export", seed_run / "model.pt", "--calib-data", tmp_path / "nowhere")
-    assert r.returncode == 2 and "nowhere" in r.stderr and "does not exist" in r.stderr
     (tmp_path / "afile").write_text("x")
-    r = run_cli("emo-export", seed_run / "model.pt", "--out-dir", tmp_path / "afile" / "sub")
-    assert r.returncode == 2 and "cannot create output folder" in r.stderr and "Traceback" not in r.stderr
+    r = run_cli("emo-export", tmp_path / "x.pt")  # one through the installed command
+    assert r.returncode == 2 and "not a PyTorch checkpoint" in r.stderr and "Traceback" not in r.stderr
+    for args, why in (([tmp_path / "arch.pt"], ["unknown architecture 'vgg99'"]),
+                      ([seed_run / "model.pt", "--calib-data", tmp_path / "nowhere"], ["nowhere", "does not exist"]),
+                      ([seed_run / "model.pt", "--out-dir", tmp_path / "afile" / "sub"], ["cannot create output folder"])):
+        code, _, err = emo_here("emo-export", monkeypatch, capfd, *args)
+        assert code == 2 and all(w in err for w in why) and "Traceback" not in err and err.count("\n") == 1, err
 
 
 def test_equalisation_keeps_the_function_and_evens_the_ranges():
