@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sys
 
 import cv2
 import numpy as np
@@ -21,12 +20,11 @@ from emo.edge_runtime.labels import LABELS
 from emo.export.exporter import calibrate_confidence, check_gates
 from emo.export.options import Gates
 from emo.train.checkpoint import load_checkpoint
-from emo.train.cli import main as train_main
 from emo.train.data import face_groups, group_split, group_splits
 from emo.train.finetune import FinetuneRequest, finetune
 from emo.train.trainer import Stop
 
-from conftest import synthetic_face
+from conftest import emo_train_here, synthetic_face
 
 # a dozen steps of the recipe, its replay weighed less (a toy this short learns little under the full weight)
 FAST = ["--threads", "1", "--no-progress", "--set", "max_steps=12", "--set", "batch_size=16", "--set", "replay_batch=16",
@@ -52,11 +50,7 @@ def write_user_faces(root, people: int = 6, per_class: int = 3, classes=range(6)
 
 def cli(monkeypatch, capfd, *args) -> tuple[int, str, str]:
     """emo-train in this process (its main(): one-line errors, exit codes), with its output."""
-    monkeypatch.setattr(sys, "argv", ["emo-train", *map(str, args)])
-    with pytest.raises(SystemExit) as e:
-        train_main()
-    out, err = capfd.readouterr()
-    return e.value.code, out, err
+    return emo_train_here(monkeypatch, capfd, *args)
 
 
 @pytest.fixture(scope="module")

@@ -97,10 +97,10 @@ def test_ensemble_averages_its_members_and_exports(synthetic_fer, tmp_path, monk
         r = _fit(synthetic_fer, tmp_path, name, "--set", f"arch={arch}", *args)
         assert r.returncode == 0, r.stderr
     a, b = tmp_path / "a" / "model.pt", tmp_path / "b" / "model.pt"
-    code, out, err = _train_here(monkeypatch, capfd, "ensemble", a, b, "--data", synthetic_fer, "--out", tmp_path, "--name", "e")
+    code, out, err = emo_train_here(monkeypatch, capfd, "ensemble", a, b, "--data", synthetic_fer, "--out", tmp_path, "--name", "e")
     assert code == 0, err
     assert "ensemble of 2: val accuracy" in out and out.count("member ") == 2
-    code, out, err = _train_here(monkeypatch, capfd, "ensemble", a, b, "--flip", "--data", synthetic_fer, "--out", tmp_path, "--name", "ef")
+    code, out, err = emo_train_here(monkeypatch, capfd, "ensemble", a, b, "--flip", "--data", synthetic_fer, "--out", tmp_path, "--name", "ef")
     assert code == 0, err
     assert "ensemble of 2 with mirrored faces: val accuracy" in out
     ens, ensf = (model_from_checkpoint(load_checkpoint(tmp_path / n / "model.pt")) for n in ("e", "ef"))
@@ -120,7 +120,7 @@ def test_ensemble_averages_its_members_and_exports(synthetic_fer, tmp_path, monk
     # user errors: one line each
     for members, name, why in (([a], "one", "at least two"), ([a, tmp_path / "e" / "model.pt"], "nested", "already an ensemble"),
                                ([a, b], "a", "folder of a member")):
-        code, out, err = _train_here(monkeypatch, capfd, "ensemble", *members, "--data", synthetic_fer, "--out", tmp_path, "--name", name)
+        code, out, err = emo_train_here(monkeypatch, capfd, "ensemble", *members, "--data", synthetic_fer, "--out", tmp_path, "--name", name)
         assert code == 2 and why in err and "Traceback" not in err and err.count("\n") == 1, err
 
 
@@ -141,10 +141,6 @@ def test_weight_average_forgets_the_random_start_within_a_hundred_steps():
 def test_unknown_arch():
     with pytest.raises(EmoError, match="unknown architecture"):
         build_model("resnet152")
-
-
-def _train_here(monkeypatch, capfd, *args) -> tuple[int, str, str]:
-    return emo_train_here(monkeypatch, capfd, *args)
 
 
 def _fit(data, out, name, *extra):
@@ -436,7 +432,7 @@ def test_fold_teachers_and_a_heldout_student(seed_run, synthetic_fer, tmp_path, 
            "both hold out fold 0": [f"teachers={t('f0', 'f0')}"],
            "drop folds": [f"teachers={t('f0', 'f1')}", "folds=2"],
            "mixup": [f"teachers={t('f0', 'f1')}", "mixup=0.2"]}
-    fit_here = lambda *extra: _train_here(monkeypatch, capfd, "fit", "--data", synthetic_fer, "--out", tmp_path,  # noqa: E731
+    fit_here = lambda *extra: emo_train_here(monkeypatch, capfd, "fit", "--data", synthetic_fer, "--out", tmp_path,  # noqa: E731
                                           "--name", "bad", "--no-progress", *extra)  # refused before training: in this process
     for msg, sets in bad.items():
         code, _, err = fit_here(*student, *[a for s in sets for a in ("--set", s)])

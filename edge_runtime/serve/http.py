@@ -252,24 +252,35 @@ def make_handler(state, opts, page_html: bytes) -> type:
                                              "timeout": opts.client_timeout})
 
 
-class Server:
-    """The HTTP server in background threads; ``close()`` ends the streams and the server."""
+class BackgroundServer:
+    """An HTTPServer for ``handler`` on ``opts.host:opts.port``, answering in background threads
+    (serve's page, label's page); ``port`` is the one it got; ``close()`` stops it."""
 
-    def __init__(self, state: LiveState, opts: ServeOptions):
-        self.state = state
+    def __init__(self, handler: type, opts: ServeOptions, thread_name: str):
         try:
-            self.httpd = HTTPServer((opts.host, opts.port), make_handler(state, opts, PAGE.read_bytes()))
+            self.httpd = HTTPServer((opts.host, opts.port), handler)
         except OSError as e:
             raise EmoError(f"cannot listen on {opts.host}:{opts.port} ({e.strerror}); pick another --port or --host") from None
         self.port = self.httpd.server_address[1]
         self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.2},
-                                        name="emo-http", daemon=True)
+                                        name=thread_name, daemon=True)
         self._thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class Server(BackgroundServer):
+    """serve's HTTP server, bound to one LiveState; ``close()`` ends the streams and the server."""
+
+    def __init__(self, state: LiveState, opts: ServeOptions):
+        self.state = state
+        super().__init__(make_handler(state, opts, PAGE.read_bytes()), opts, "emo-http")
 
     def write(self, result) -> None:
         self.state.write(result)
 
     def close(self) -> None:
         self.state.close()
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().close()

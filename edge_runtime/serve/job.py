@@ -77,14 +77,24 @@ def pace(src: Source, realtime: bool) -> Optional[str]:
     return "realtime" if realtime else "fast"
 
 
+def warn_if_open(opts: ServeOptions, exposed: str) -> None:
+    """The warning for a page bound beyond loopback without a token (``exposed``: what anyone could do)."""
+    if not is_loopback(opts.host) and not opts.token:
+        print(f"emo-edge: warning: serving on {opts.host}:{opts.port} without --token; anyone on the network "
+              f"{exposed}", file=sys.stderr, flush=True)
+
+
+def say_serving(host: str, port: int) -> None:
+    shown_host = f"[{host}]" if ":" in host else host
+    print(f"emo-edge: serving http://{shown_host}:{port}/", file=sys.stderr, flush=True)
+
+
 def serve_sinks(opts: ServeOptions, realtime: bool = True):
     """``extra_sinks`` for runner.run_job: the LiveState + HTTP server, started once the source is open.
     ``realtime``: whether the loop plays a video file at its own frame rate (said on stderr)."""
 
     def make(src: Source, rec: Recognizer, stop: StopFlag, metered: list[Metered]) -> list[Sink]:
-        if not is_loopback(opts.host) and not opts.token:
-            print(f"emo-edge: warning: serving on {opts.host}:{opts.port} without --token; anyone on the network "
-                  "can see the camera", file=sys.stderr)
+        warn_if_open(opts, "can see the camera")
         det = rec.face_detector
         info = {"source": src.label, "model": rec.classifier.path.name, "model_arch": rec.classifier.meta.arch,
                 "precision": rec.classifier.meta.precision, "detector": det.name, "labels": list(rec.labels),
@@ -97,8 +107,7 @@ def serve_sinks(opts: ServeOptions, realtime: bool = True):
         elif info["pace"] == "fast":
             print(f"emo-edge: playing {src.label} as fast as possible, faster or slower than its own {src.fps:g} fps "
                   "(without --fast: at its own rate)", file=sys.stderr, flush=True)
-        shown_host = f"[{opts.host}]" if ":" in opts.host else opts.host
-        print(f"emo-edge: serving http://{shown_host}:{server.port}/", file=sys.stderr, flush=True)
+        say_serving(opts.host, server.port)
         return [server]
 
     return make

@@ -14,17 +14,15 @@ from __future__ import annotations
 
 import json
 import sys
-import threading
 from pathlib import Path
 from typing import Optional
 from urllib.parse import urlsplit
 
-from ..errors import EmoError
 from ..files import shown
 from ..job import signals
 from ..labels import LABELS
-from .http import Handler, HTTPServer
-from .job import is_loopback
+from .http import BackgroundServer, Handler
+from .job import is_loopback, say_serving, warn_if_open
 from .label_store import DISCARDED, FOLDERS, LOG_NAME, LabelStore, Refused
 from .params import TOKEN, BadRequest, Param, read_params
 from .state import ServeOptions
@@ -183,23 +181,12 @@ def make_handler(store: LabelStore, opts: ServeOptions, page_html: bytes) -> typ
                                                        "timeout": opts.client_timeout})
 
 
-class LabelServer:
+class LabelServer(BackgroundServer):
     """``emo-edge label``'s HTTP server in background threads; :meth:`close` stops it."""
 
     def __init__(self, store: LabelStore, opts: ServeOptions):
         self.store = store
-        try:
-            self.httpd = HTTPServer((opts.host, opts.port), make_handler(store, opts, PAGE.read_bytes()))
-        except OSError as e:
-            raise EmoError(f"cannot listen on {opts.host}:{opts.port} ({e.strerror}); pick another --port or --host") from None
-        self.port = self.httpd.server_address[1]
-        self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.2},
-                                        name="emo-label-http", daemon=True)
-        self._thread.start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(make_handler(store, opts, PAGE.read_bytes()), opts, "emo-label-http")
 
 
 def run_label(root: Path, host: str = "127.0.0.1", port: int = 8000, token: Optional[str] = None) -> int:
@@ -209,17 +196,14 @@ def run_label(root: Path, host: str = "127.0.0.1", port: int = 8000, token: Opti
     if note:
         print(f"emo-edge: {note}", file=sys.stderr, flush=True)
     opts = ServeOptions(host=host, port=port, token=token or None)
-    if not is_loopback(host) and not opts.token:
-        print(f"emo-edge: warning: serving on {host}:{port} without --token; anyone on the network can see and "
-              "move the faces", file=sys.stderr, flush=True)
+    warn_if_open(opts, "can see and move the faces")
     with signals() as stop:
         server = LabelServer(store, opts)
         try:
             counts = store.counts()
-            shown_host = f"[{host}]" if ":" in host else host
             print(f"emo-edge: labelling {sum(counts.values())} faces in {shown(root)} (undo: {len(store.done)} moves "
                   f"in {LOG_NAME})", file=sys.stderr, flush=True)
-            print(f"emo-edge: serving http://{shown_host}:{server.port}/", file=sys.stderr, flush=True)
+            say_serving(host, server.port)
             while not stop.wait(0.5):
                 pass
         finally:
