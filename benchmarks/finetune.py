@@ -7,6 +7,7 @@ fine-tuning plus export.
     python benchmarks/finetune.py                       # CK+ and FER2013 through EMO_SHARED_DATA
     python benchmarks/finetune.py --data DIR --fer DIR  # or named; DIR/<emotion>/<subject>_*.png
     python benchmarks/finetune.py --tune --set lr=0.002 # a setting tried on the training subjects only
+    python benchmarks/finetune.py --gated               # emo-train finetune --gated (results: finetune-held-out-gated.*)
 
 Cases: ``full`` trains on every face of the training subjects; ``few`` on 5 sequences per emotion
 (a sequence is ``<subject>_<sequence>_*``, CK+'s three frames of one expression: 15 faces per
@@ -101,7 +102,8 @@ def accuracy(model: Path, faces: Split) -> dict:
     return {"n": int(len(faces.labels)), "accuracy": round(float((pred == faces.labels).mean()), 4), "recall": recall}
 
 
-def finetune(data: Path, base: str, out: Path, name: str, sets: list[str], fer: Path | None, threads: int, log) -> tuple[Path, float, str, bool]:
+def finetune(data: Path, base: str, out: Path, name: str, sets: list[str], fer: Path | None, threads: int, log,
+             gated: bool = False) -> tuple[Path, float, str, bool]:
     """`emo-train finetune DATA --from BASE --export`; returns the int8 model, the wall time, the
     output and whether the export passed its gates (a failed one is judged too, from its
     ``*.FAILED.onnx``, and says so)."""
@@ -109,6 +111,8 @@ def finetune(data: Path, base: str, out: Path, name: str, sets: list[str], fer: 
            "--name", name, "--no-progress", "--replay", str(fer) if fer else "none"]
     if threads:
         cmd += ["--threads", str(threads)]
+    if gated:
+        cmd.append("--gated")
     for s in sets:
         cmd += ["--set", s]
     log("running: " + " ".join(cmd))
@@ -125,7 +129,7 @@ def finetune(data: Path, base: str, out: Path, name: str, sets: list[str], fer: 
 
 
 def run_case(case: str, faces: Split, train_subjects: set, judge: Split, fer_val: Split | None, fer: Path | None,
-             work: Path, sets: list[str], seed: int, threads: int, log) -> dict:
+             work: Path, sets: list[str], seed: int, threads: int, log, gated: bool = False) -> dict:
     scope, base = case.split("-", 1)
     in_train = np.array([subject(n) in train_subjects for n in faces.names])
     if scope == "few":
@@ -133,7 +137,7 @@ def run_case(case: str, faces: Split, train_subjects: set, judge: Split, fer_val
         in_train &= np.array([n in chosen for n in faces.names])
     names = [n for n, k in zip(faces.names, in_train) if k]
     data = link_folder(work / f"data-{case}", Path(faces.report.source), names)
-    model, wall, output, passed = finetune(data, base, work / "runs", case, sets, fer, threads, log)
+    model, wall, output, passed = finetune(data, base, work / "runs", case, sets, fer, threads, log, gated)
     bundled = bundled_models()[base]
     row = {"case": case, "base": base, "train_faces": len(names), "train_subjects": len({subject(n) for n in names}),
            "judged_faces": int(len(judge.labels)), "judged_subjects": len({subject(n) for n in judge.names}),
@@ -167,7 +171,7 @@ def goals(row: dict) -> dict:
 def markdown(res: dict) -> str:
     md = f"# Fine-tuning on your own faces: {res['mode']}\n\n" + fingerprint_md(res["device"])
     md += (f"\nFaces: {res['data_note']}. Judged: int8 (`emo-train finetune --export`), against the bundled int8 model "
-           f"it started from. Settings: configs/finetune.toml{' with ' + ' '.join(res['settings']) if res['settings'] else ''}. "
+           f"it started from. Settings: configs/finetune.toml{' with --gated' if res.get('gated') else ''}{' with ' + ' '.join(res['settings']) if res['settings'] else ''}. "
            f"Time: wall time of `emo-train finetune --export` (load, before/after evaluation, training, export) with "
            f"torch threads: {res['threads'] or 'default'}, {res['load_note']}. The faces given are split by emo-train "
            f"finetune itself: about a fifth of their subjects validate (before/after, export gates), the rest train.\n\n")
@@ -202,6 +206,7 @@ def main() -> int:
     ap.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, of {', '.join(CASES)}")
     ap.add_argument("--tune", action="store_true", help="judge on a split of the training subjects, never the held-out half")
     ap.add_argument("--set", dest="sets", action="append", default=[], help="a setting for emo-train finetune (KEY=VALUE)")
+    ap.add_argument("--gated", action="store_true", help="emo-train finetune --gated: the base and a plainly fine-tuned copy, mixed by a domain gate")
     ap.add_argument("--seed", type=int, default=0, help="seed of the subject split and the few sequences")
     ap.add_argument("--inner-seed", type=int, default=1, help="--tune: seed of the split of the training subjects")
     ap.add_argument("--threads", type=int, default=0, help="torch threads for emo-train (0: its default)")
@@ -225,19 +230,21 @@ def main() -> int:
     if args.tune:  # the training subjects split again: the held-out half is never looked at
         train_subjects, judge_subjects = halves(sorted(train_subjects), args.inner_seed)
         mode = "tune"
+    if args.gated:
+        mode += "-gated"
     judge = subset(faces, np.array([subject(n) in judge_subjects for n in faces.names]))
     fer_val = load_split(args.fer, "val") if args.fer and args.fer.is_dir() else None
     rows = []
     with tempfile.TemporaryDirectory(prefix="emo-finetune-bench-") as tmp:
         for case in cases:
             row = run_case(case, faces, train_subjects, judge, fer_val, args.fer if fer_val is not None else None,
-                           Path(tmp), args.sets, args.seed, args.threads, log)
+                           Path(tmp), args.sets, args.seed, args.threads, log, args.gated)
             row["goals"] = goals(row)
             rows.append(row)
     note = (f"{args.data.name}, {len(faces.labels)} faces of {len({subject(n) for n in faces.names})} subjects"
             + (": the training half of the subjects, split again" if args.tune else "")
             + f": fine-tuned on {len(train_subjects)} subjects, judged on the other {len(judge_subjects)}")
-    res = {"mode": mode, "device": device_fingerprint(), "data_note": note, "settings": args.sets, "threads": args.threads,
+    res = {"mode": mode, "gated": args.gated, "device": device_fingerprint(), "data_note": note, "settings": args.sets, "threads": args.threads,
            "load_note": args.load_note, "seed": args.seed, **({"inner_seed": args.inner_seed} if args.tune else {}), "rows": rows}
     out = args.out or RESULTS / f"finetune-{mode}.json"
     save_result(res, out, markdown(res), "finetune.py")

@@ -26,6 +26,7 @@ from .options import CALIB_METHODS
 
 METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}
 assert tuple(METHODS) == CALIB_METHODS
+FLOAT_SCOPE = "/gate/"  # a gated pair's gate (emo.train.gated) stays in float: it routes faces on small differences
 
 
 class CalibReader(CalibrationDataReader):
@@ -62,16 +63,17 @@ def torch_to_onnx(model: torch.nn.Module, spec: InputSpec, path: Path, opset: in
 
 
 def quantize(fp32: Path, out: Path, calib: np.ndarray, method: str, per_channel: bool, batch: int = 50) -> None:
-    """Static QDQ quantisation. Calibration batches all have one size (the histogram-based
-    calibrators cannot stack a smaller last batch)."""
+    """Static QDQ quantisation, but for nodes under ``FLOAT_SCOPE``. Calibration batches all have
+    one size (the histogram-based calibrators cannot stack a smaller last batch)."""
     batch = min(batch, len(calib))
     calib = calib[: len(calib) // batch * batch]
+    floating = [n.name for n in onnx.load(str(fp32)).graph.node if n.name.startswith(FLOAT_SCOPE)]
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):  # its calibrators print progress
             warnings.simplefilter("ignore")
             quantize_static(str(fp32), str(out), CalibReader(calib, "input", batch), quant_format=QuantFormat.QDQ,
                             per_channel=per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=METHODS[method])
+                            calibrate_method=METHODS[method], nodes_to_exclude=floating)
         onnx.checker.check_model(str(out))
     except Exception as e:  # onnxruntime.quantization raises plain ValueError/RuntimeError
         msg = str(e).strip().splitlines()[-1][:160] if str(e).strip() else type(e).__name__

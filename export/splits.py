@@ -52,7 +52,17 @@ def own_faces(ck: dict, ckpt: Path, opts: ExportOptions, log: Callable[[str], No
         raise EmoError(f"cannot use this data for export: {e}") from None
     log(f"calibration faces: the run's training faces, {calib.report.source}; verification faces: the groups it held out, "
         f"{val.report.source}")
-    return _sample(calib, opts.calib_size, opts.seed), _sample(val, opts.val_size, opts.seed + 1)
+    calib = _sample(calib, opts.calib_size, opts.seed)
+    fer = (ck.get("gate") or {}).get("fer")
+    if fer:  # a gated pair: its base answers for FER2013-like faces, so int8 is calibrated on as many of those too
+        try:
+            other = _sample(load_split(fer, "train", calib.images.shape[1]), len(calib.labels), opts.seed)
+        except EmoError as e:
+            raise EmoError(f"cannot calibrate the gated pair's base on FER2013 ({e}); put {fer} back, or refit the pair with "
+                           "emo-train finetune --gated --replay PATH") from None
+        log(f"  and as many FER2013 training faces of {fer} (the gated pair's base answers for faces like them)")
+        calib = Split(np.concatenate([calib.images, other.images]), np.concatenate([calib.labels, other.labels]), calib.report)
+    return calib, _sample(val, opts.val_size, opts.seed + 1)
 
 
 def _sample(split: Split, n: int, seed: int) -> Split:

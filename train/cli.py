@@ -204,6 +204,10 @@ def finetune(
                                           "the file-name prefix before the first '_'."),
     val_fraction: Optional[float] = typer.Option(None, help="Share of the groups held out to validate on (default 0.2)."),
     seed: Optional[int] = typer.Option(None, help="Seed of the split and the training (default 0)."),
+    gated: bool = typer.Option(False, "--gated", help="Keep the base model whole beside a copy that learns your faces' "
+                               "labels alone, and a gate that sends faces like yours to the copy and the rest to the base: "
+                               "learns your faces more fully and forgets less, at twice the size and time per face. The "
+                               "copy knows only the emotions DATA holds. Needs FER2013 (--replay)."),
     export: bool = typer.Option(False, "--export", help="Then export fp32 and int8 ONNX (emo-export), calibrated on your "
                                 "training faces and verified on your validation faces."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="Recipe (default: configs/finetune.toml); --set overrides it."),
@@ -235,7 +239,7 @@ def finetune(
     from .trainer import Stop
 
     req = FinetuneRequest(data=str(data), base=base, replay=replay, groups=str(groups) if groups else "", val_fraction=val_fraction,
-                          seed=seed, recipe=config, overrides=parse_sets(set_), out=out, name=name or "")
+                          seed=seed, recipe=config, overrides=parse_sets(set_), out=out, name=name or "", gated=gated)
     again = "the same command again: " + shlex.join(["emo-train", *sys.argv[1:]])
     try:
         result = run_finetune(req, log=log, live={"threads": threads, "device": device, "progress": progress}, resume_hint=again)

@@ -62,7 +62,8 @@ class FinetuneRequest:
     recipe: Optional[Path] = None  # default: configs/finetune.toml
     overrides: dict = field(default_factory=dict)  # --set KEY=VALUE
     out: str = "runs"
-    name: str = ""  # default: finetune-<base>-<first 8 hex digits of DATA's fingerprint>
+    name: str = ""  # default: finetune-<base>-<first 8 hex digits of DATA's fingerprint>[-gated]
+    gated: bool = False  # the base and a plainly fine-tuned copy, mixed per face by a domain gate (train/gated.py)
 
 
 def resolve_base(base: str) -> tuple[Path, str]:
@@ -210,14 +211,18 @@ def finetune(req: FinetuneRequest, log: Callable = print, live: Optional[dict] =
     base_ck = load_checkpoint(base_path)
     if base_ck["arch"] == "ensemble":
         raise EmoError(f"--from {req.base} is an ensemble; " + LARGE.split("; ", 1)[1])
+    if base_ck["arch"] == "gated":
+        raise EmoError(f"--from {req.base} is already a gated pair; fine-tune its base model instead (--from default, tiny or that model.pt)")
     replay, replay_line = replay_source(req.replay, base_ck)
     cfg = finetune_config(req, base_path, base_ck, replay)
+    if req.gated:
+        replay_line = gated_config(cfg, base_ck, replay, req.overrides)
     train_split, val_split, record = group_splits(cfg.data, cfg.input_size, cfg.val_fraction, cfg.seed, cfg.groups_csv)
     for line in _report_lines(record):
         log(line)
     if "repeat" not in req.overrides:
         cfg.repeat = auto_repeat(cfg, len(train_split.labels))
-    cfg.name = req.name or run_name(base_label, record["fingerprint"])
+    cfg.name = req.name or run_name(base_label, record["fingerprint"]) + ("-gated" if req.gated else "")
     for k, v in (live or {}).items():
         if v is not None:
             setattr(cfg, k, v)
@@ -227,16 +232,46 @@ def finetune(req: FinetuneRequest, log: Callable = print, live: Optional[dict] =
     run_dir = train_or_resume(cfg, record["fingerprint"], log, resume_hint, live or {})
     tuned_path = run_dir / "model.pt"
     tuned_ck = load_checkpoint(tuned_path)
+    if req.gated:
+        tuned_ck = pair_up(run_dir, base_ck, tuned_ck, train_split, replay, cfg.seed, log)
     result = {"base": base_label, "base_checkpoint": str(base_path), "base_sha256": file_sha256(base_path),
               "data": str(Path(req.data).resolve()), "data_fingerprint": record["fingerprint"],
               "classes_seen": record["classes_seen"], "faces": {"train": int(len(train_split.labels)), "val": int(len(val_split.labels))},
               "groups": {k: record["groups"][k] for k in ("train", "val")}, "replay": cfg.replay or None,
               "run": str(run_dir), "checkpoint": str(tuned_path)}
-    result["figures"] = before_after(base_ck, tuned_ck, val_split, cfg.replay or _fer_at_hand(base_ck), record["classes_seen"], log)
+    result["figures"] = before_after(base_ck, tuned_ck, val_split, replay or _fer_at_hand(base_ck), record["classes_seen"], log)
     tuned_ck["finetune"] = {k: result[k] for k in ("base", "base_sha256", "data_fingerprint", "classes_seen", "faces", "groups")}
+    if req.gated:
+        result["gate"] = tuned_ck["finetune"]["gate"] = tuned_ck["gate"]
     save_atomic(tuned_ck, tuned_path)
     atomic_write_text(run_dir / "finetune.json", json.dumps(result, indent=2))
     return result
+
+
+def gated_config(cfg: TrainConfig, base_ck: dict, replay: str, overrides: dict) -> str:
+    """--gated: the copy learns your faces' labels alone (no replay, no teacher); FER2013 is
+    still needed, for the gate. Returns the line saying so."""
+    if not replay:
+        raise EmoError("--gated tells your faces from FER2013's and needs FER2013's training faces; pass --replay PATH "
+                       "(a FER2013 folder or fer2013.csv)")
+    cfg.replay, cfg.teachers = "", []
+    if "kd_alpha" not in overrides:
+        cfg.kd_alpha = 0.0
+    return (f"gated: a copy of the base learns your faces' labels; a gate fitted on your faces against FER2013's ({replay}) "
+            "sends faces like yours to the copy and the rest to the base")
+
+
+def pair_up(run_dir: Path, base_ck: dict, copy_ck: dict, train_split: Split, fer: str, seed: int, log: Callable) -> dict:
+    """--gated: the trainer's model.pt (the copy) moves to copy.pt, and model.pt becomes the pair
+    (rebuilt from copy.pt when a rerun finds the pair already there)."""
+    from .gated import build_gated
+
+    if copy_ck["arch"] != "gated":
+        save_atomic(copy_ck, run_dir / "copy.pt")
+    copy_ck = load_checkpoint(run_dir / "copy.pt")
+    ck, _ = build_gated(base_ck, copy_ck, train_split.images, fer, seed, log)
+    save_atomic(ck, run_dir / "model.pt")
+    return ck
 
 
 def _report_lines(record: dict) -> list[str]:

@@ -201,3 +201,11 @@ class Ensemble(nn.Module):
 def ensemble(**kw) -> nn.Module:
     kw.setdefault("members", [{"arch": "emonet-s"}, {"arch": "mini-xception"}])
     return Ensemble(**kw)
+
+
+@register("gated")
+def gated(**kw) -> nn.Module:
+    """A base model and its fine-tuned copy mixed by a domain gate (`emo-train finetune --gated`)."""
+    from .gated import GatedPair
+
+    return GatedPair(**kw)
