@@ -8,6 +8,7 @@ fine-tuning plus export.
     python benchmarks/finetune.py --data DIR --fer DIR  # or named; DIR/<emotion>/<subject>_*.png
     python benchmarks/finetune.py --tune --set lr=0.002 # a setting tried on the training subjects only
     python benchmarks/finetune.py --gated               # emo-train finetune --gated (results: finetune-held-out-gated.*)
+    python benchmarks/finetune.py --gated --refit       # and --refit (results: finetune-held-out-gated-refit.*)
 
 Cases: ``full`` trains on every face of the training subjects; ``few`` on 5 sequences per emotion
 (a sequence is ``<subject>_<sequence>_*``, CK+'s three frames of one expression: 15 faces per
@@ -103,7 +104,7 @@ def accuracy(model: Path, faces: Split) -> dict:
 
 
 def finetune(data: Path, base: str, out: Path, name: str, sets: list[str], fer: Path | None, threads: int, log,
-             gated: bool = False) -> tuple[Path, float, str, bool]:
+             gated: bool = False, refit: bool = False) -> tuple[Path, float, str, bool]:
     """`emo-train finetune DATA --from BASE --export`; returns the int8 model, the wall time, the
     output and whether the export passed its gates (a failed one is judged too, from its
     ``*.FAILED.onnx``, and says so)."""
@@ -111,8 +112,7 @@ def finetune(data: Path, base: str, out: Path, name: str, sets: list[str], fer: 
            "--name", name, "--no-progress", "--replay", str(fer) if fer else "none"]
     if threads:
         cmd += ["--threads", str(threads)]
-    if gated:
-        cmd.append("--gated")
+    cmd += ["--gated"] * gated + ["--refit"] * refit
     for s in sets:
         cmd += ["--set", s]
     log("running: " + " ".join(cmd))
@@ -129,7 +129,7 @@ def finetune(data: Path, base: str, out: Path, name: str, sets: list[str], fer: 
 
 
 def run_case(case: str, faces: Split, train_subjects: set, judge: Split, fer_val: Split | None, fer: Path | None,
-             work: Path, sets: list[str], seed: int, threads: int, log, gated: bool = False) -> dict:
+             work: Path, sets: list[str], seed: int, threads: int, log, gated: bool = False, refit: bool = False) -> dict:
     scope, base = case.split("-", 1)
     in_train = np.array([subject(n) in train_subjects for n in faces.names])
     if scope == "few":
@@ -137,7 +137,7 @@ def run_case(case: str, faces: Split, train_subjects: set, judge: Split, fer_val
         in_train &= np.array([n in chosen for n in faces.names])
     names = [n for n, k in zip(faces.names, in_train) if k]
     data = link_folder(work / f"data-{case}", Path(faces.report.source), names)
-    model, wall, output, passed = finetune(data, base, work / "runs", case, sets, fer, threads, log, gated)
+    model, wall, output, passed = finetune(data, base, work / "runs", case, sets, fer, threads, log, gated, refit)
     bundled = bundled_models()[base]
     row = {"case": case, "base": base, "train_faces": len(names), "train_subjects": len({subject(n) for n in names}),
            "judged_faces": int(len(judge.labels)), "judged_subjects": len({subject(n) for n in judge.names}),
@@ -171,7 +171,7 @@ def goals(row: dict) -> dict:
 def markdown(res: dict) -> str:
     md = f"# Fine-tuning on your own faces: {res['mode']}\n\n" + fingerprint_md(res["device"])
     md += (f"\nFaces: {res['data_note']}. Judged: int8 (`emo-train finetune --export`), against the bundled int8 model "
-           f"it started from. Settings: configs/finetune.toml{' with --gated' if res.get('gated') else ''}{' with ' + ' '.join(res['settings']) if res['settings'] else ''}. "
+           f"it started from. Settings: configs/finetune.toml{' with --gated' if res.get('gated') else ''}{' and --refit' if res.get('refit') else ''}{' with ' + ' '.join(res['settings']) if res['settings'] else ''}. "
            f"Time: wall time of `emo-train finetune --export` (load, before/after evaluation, training, export) with "
            f"torch threads: {res['threads'] or 'default'}, {res['load_note']}. The faces given are split by emo-train "
            f"finetune itself: about a fifth of their subjects validate (before/after, export gates), the rest train.\n\n")
@@ -207,6 +207,7 @@ def main() -> int:
     ap.add_argument("--tune", action="store_true", help="judge on a split of the training subjects, never the held-out half")
     ap.add_argument("--set", dest="sets", action="append", default=[], help="a setting for emo-train finetune (KEY=VALUE)")
     ap.add_argument("--gated", action="store_true", help="emo-train finetune --gated: the base and a plainly fine-tuned copy, mixed by a domain gate")
+    ap.add_argument("--refit", action="store_true", help="emo-train finetune --refit: after validating, train again on every face given")
     ap.add_argument("--seed", type=int, default=0, help="seed of the subject split and the few sequences")
     ap.add_argument("--inner-seed", type=int, default=1, help="--tune: seed of the split of the training subjects")
     ap.add_argument("--threads", type=int, default=0, help="torch threads for emo-train (0: its default)")
@@ -230,21 +231,20 @@ def main() -> int:
     if args.tune:  # the training subjects split again: the held-out half is never looked at
         train_subjects, judge_subjects = halves(sorted(train_subjects), args.inner_seed)
         mode = "tune"
-    if args.gated:
-        mode += "-gated"
+    mode += "-gated" * args.gated + "-refit" * args.refit
     judge = subset(faces, np.array([subject(n) in judge_subjects for n in faces.names]))
     fer_val = load_split(args.fer, "val") if args.fer and args.fer.is_dir() else None
     rows = []
     with tempfile.TemporaryDirectory(prefix="emo-finetune-bench-") as tmp:
         for case in cases:
             row = run_case(case, faces, train_subjects, judge, fer_val, args.fer if fer_val is not None else None,
-                           Path(tmp), args.sets, args.seed, args.threads, log, args.gated)
+                           Path(tmp), args.sets, args.seed, args.threads, log, args.gated, args.refit)
             row["goals"] = goals(row)
             rows.append(row)
     note = (f"{args.data.name}, {len(faces.labels)} faces of {len({subject(n) for n in faces.names})} subjects"
             + (": the training half of the subjects, split again" if args.tune else "")
             + f": fine-tuned on {len(train_subjects)} subjects, judged on the other {len(judge_subjects)}")
-    res = {"mode": mode, "gated": args.gated, "device": device_fingerprint(), "data_note": note, "settings": args.sets, "threads": args.threads,
+    res = {"mode": mode, "gated": args.gated, "refit": args.refit, "device": device_fingerprint(), "data_note": note, "settings": args.sets, "threads": args.threads,
            "load_note": args.load_note, "seed": args.seed, **({"inner_seed": args.inner_seed} if args.tune else {}), "rows": rows}
     out = args.out or RESULTS / f"finetune-{mode}.json"
     save_result(res, out, markdown(res), "finetune.py")

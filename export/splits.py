@@ -50,8 +50,12 @@ def own_faces(ck: dict, ckpt: Path, opts: ExportOptions, log: Callable[[str], No
         calib, val = run_group_faces(ck, str(ckpt))
     except EmoError as e:
         raise EmoError(f"cannot use this data for export: {e}") from None
-    log(f"calibration faces: the run's training faces, {calib.report.source}; verification faces: the groups it held out, "
-        f"{val.report.source}")
+    if (ck.get("config") or {}).get("train_on_val"):  # emo-train finetune --refit
+        log(f"calibration faces: every face of the run, {calib.report.source} and its validation groups; verification "
+            f"faces: those groups, {val.report.source}, which a refit also trained on (the gates compare int8 with fp32)")
+    else:
+        log(f"calibration faces: the run's training faces, {calib.report.source}; verification faces: the groups it held out, "
+            f"{val.report.source}")
     calib = _sample(calib, opts.calib_size, opts.seed)
     fer = (ck.get("gate") or {}).get("fer")
     if fer:  # a gated pair: its base answers for FER2013-like faces, so int8 is calibrated on as many of those too

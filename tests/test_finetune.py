@@ -250,3 +250,25 @@ def test_trainer_keeps_the_last_epoch_repeats_few_faces_and_can_freeze_batchnorm
     assert ck["metrics"]["history"][0]["step"] == 2 * 280 // 64  # one epoch: two passes over the 280 faces
     bn = {k: v for k, v in ck["state_dict"].items() if "running_" in k}
     assert bn and all(torch.equal(v, torch.zeros_like(v) if "mean" in k else torch.ones_like(v)) for k, v in bn.items())
+
+
+def test_refit_trains_again_on_every_face_and_keeps_the_validated_figures(seed_run, user_faces, tmp_path):
+    req = FinetuneRequest(data=str(user_faces), base=str(seed_run / "model.pt"), replay="none", out=str(tmp_path), name="r",
+                          overrides={"max_steps": 12, "batch_size": 16}, refit=True)
+    lines = []
+    res = finetune(req, log=lines.append, live={"threads": 1, "progress": False})
+    run, checked = tmp_path / "r", tmp_path / "r" / "validated"
+    assert res["run"] == str(run) and res["refit"]["validated_run"] == str(checked)
+    assert res["refit"]["faces"] == res["faces"]["train"] + res["faces"]["val"] == 6 * 6 * 3
+    assert any("refitting on all 108 of your faces" in str(s) for s in lines)
+    first, final = load_checkpoint(checked / "model.pt"), load_checkpoint(run / "model.pt")
+    assert first["data"]["train_report"]["count"] == res["faces"]["train"]  # the validated run held its groups out
+    assert final["config"]["train_on_val"] and final["finetune"]["refit"]
+    assert final["data"]["train_fingerprint"] != first["data"]["train_fingerprint"]
+    assert 0 <= res["refit"]["fer2013_publictest"] <= 1  # the base's recorded FER2013, judged on the refit model
+    from emo.train.data import run_group_faces
+    calib, val = run_group_faces(final, "r")
+    assert len(calib.labels) == 108 and len(val.labels) == res["faces"]["val"]  # the export calibrates on every face
+    lines.clear()
+    finetune(req, log=lines.append, live={"threads": 1, "progress": False})  # a rerun: both runs done
+    assert sum("already finished" in str(s) for s in lines) == 2

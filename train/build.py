@@ -24,7 +24,7 @@ from emo.edge_runtime.preprocess import normalize
 
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .config import TrainConfig
-from .data import assignment_sha256, fold_assignment, fold_record, group_splits, train_val_splits
+from .data import assignment_sha256, fold_assignment, fold_record, group_splits, join_splits, train_val_splits
 from .distill import load_teachers, make_ema, order_heldout_teachers
 from .models import build_model, count_macs, count_params, grow_state_dict
 from .optim import make_optimizer
@@ -119,6 +119,9 @@ def run_data(cfg: TrainConfig, log: Callable) -> tuple[Split, Split, dict]:
     record: dict = {"source": str(Path(cfg.data).resolve())}
     if cfg.val_by_group:
         train_split, val_split, record["groups"] = group_splits(cfg.data, cfg.input_size, cfg.val_fraction, cfg.seed, cfg.groups_csv)
+        if cfg.train_on_val:
+            train_split = join_splits(train_split, val_split)
+            log(f"training on the validation groups too ({len(val_split.labels)} faces): validation figures are in-sample")
     else:
         train_split, val_split = train_val_splits(cfg.data, cfg.input_size, cfg.limit_per_class or None, cfg.val_fraction, cfg.seed)
     for line in train_split.report.lines() + val_split.report.lines():
@@ -146,6 +149,8 @@ def check_replay_settings(cfg: TrainConfig) -> None:
         raise EmoError(f"repeat must be 1 or more, got {cfg.repeat}")
     if cfg.groups_csv and not cfg.val_by_group:
         raise EmoError("groups_csv names the groups of a split by group; set val_by_group = true too")
+    if cfg.train_on_val and not cfg.val_by_group:
+        raise EmoError("train_on_val trains on the validation groups of a split by group; set val_by_group = true too")
     if cfg.replay and cfg.replay_batch < 1:
         raise EmoError(f"replay_batch must be 1 or more when replay is set, got {cfg.replay_batch}")
     if cfg.replay_alpha < 0:

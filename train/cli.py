@@ -208,6 +208,9 @@ def finetune(
                                "labels alone, and a gate that sends faces like yours to the copy and the rest to the base: "
                                "learns your faces more fully and forgets less, at twice the size and time per face. The "
                                "copy knows only the emotions DATA holds. Needs FER2013 (--replay)."),
+    refit: bool = typer.Option(False, "--refit", help="After the validated run (whose figures are printed), train again "
+                               "on all your faces, the validation groups too, and keep that model (OUT/NAME/validated holds "
+                               "the first): more people learnt, twice the time."),
     export: bool = typer.Option(False, "--export", help="Then export fp32 and int8 ONNX (emo-export), calibrated on your "
                                 "training faces and verified on your validation faces."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="Recipe (default: configs/finetune.toml); --set overrides it."),
@@ -239,7 +242,7 @@ def finetune(
     from .trainer import Stop
 
     req = FinetuneRequest(data=str(data), base=base, replay=replay, groups=str(groups) if groups else "", val_fraction=val_fraction,
-                          seed=seed, recipe=config, overrides=parse_sets(set_), out=out, name=name or "", gated=gated)
+                          seed=seed, recipe=config, overrides=parse_sets(set_), out=out, name=name or "", gated=gated, refit=refit)
     again = "the same command again: " + shlex.join(["emo-train", *sys.argv[1:]])
     try:
         result = run_finetune(req, log=log, live={"threads": threads, "device": device, "progress": progress}, resume_hint=again)

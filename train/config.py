@@ -53,6 +53,7 @@ class TrainConfig:
     val_fraction: float = 0.1  # only used when the data has no validation split
     val_by_group: bool = False  # hold out whole groups (file-name prefix before '_', or groups_csv): a user's own faces
     groups_csv: str = ""  # with val_by_group: a CSV of file,group instead of the file-name prefix
+    train_on_val: bool = False  # with val_by_group: train on the validation groups too (finetune --refit); validation is then in-sample
     repeat: int = 1  # an epoch passes over the training faces this many times (few faces: fewer validations)
     replay: str = ""  # FER2013 root or CSV: its train faces are replayed, the teachers' soft labels distilled on them
     replay_batch: int = 32  # replayed faces per step, beside batch_size faces of the data

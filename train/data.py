@@ -220,6 +220,12 @@ def group_splits(data: str, size: int, val_fraction: float, seed: int, groups_cs
     return side(~val, "train"), side(val, "val"), record
 
 
+def join_splits(a: Split, b: Split) -> Split:
+    """``a``'s faces, then ``b``'s (a refit trains on the validation groups too)."""
+    names = (a.names or []) + (b.names or []) if a.names is not None and b.names is not None else None
+    return Split(np.concatenate([a.images, b.images]), np.concatenate([a.labels, b.labels]), a.report, names)
+
+
 def run_group_faces(ck: dict, name: str) -> tuple[Split, Split]:
     """The training and validation faces of a run that split its data by group (``val_by_group``),
     cut again from its data as the run cut them; refused when those faces have changed since."""
@@ -227,6 +233,8 @@ def run_group_faces(ck: dict, name: str) -> tuple[Split, Split]:
     if not cfg.get("val_by_group"):
         raise EmoError(f"{name} did not split its faces by group, so it has no faces of its own to hand on; pass the data")
     train, val, rec = group_splits(cfg["data"], ck["input"]["size"], cfg["val_fraction"], cfg["seed"], cfg.get("groups_csv", ""))
+    if cfg.get("train_on_val"):
+        train = join_splits(train, val)
     if rec["fingerprint"] != ((ck.get("data") or {}).get("groups") or {}).get("fingerprint"):
         raise EmoError(f"the faces in {cfg['data']} have changed since {name} was trained on them; pass --calib-data and "
                        "--val-data, or fine-tune again")

@@ -19,7 +19,7 @@ writes them. The steps, each a function:
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -36,6 +36,8 @@ from .checkpoint import file_sha256, load_checkpoint, model_from_checkpoint, sav
 from .config import TrainConfig, build_config
 from .data import group_splits
 from .evaluate import evaluate_split
+from .finetune_report import format_before_after, report_lines  # noqa: F401 (format_before_after: imported from here)
+from .gated import gated_config, pair_up
 from .trainer import RESUME_OVERRIDABLE, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,6 +66,7 @@ class FinetuneRequest:
     out: str = "runs"
     name: str = ""  # default: finetune-<base>-<first 8 hex digits of DATA's fingerprint>[-gated]
     gated: bool = False  # the base and a plainly fine-tuned copy, mixed per face by a domain gate (train/gated.py)
+    refit: bool = False  # after the validated run, train again on every face (validation groups too) and ship that
 
 
 def resolve_base(base: str) -> tuple[Path, str]:
@@ -183,27 +186,6 @@ def before_after(base_ck: dict, tuned_ck: dict, val: Split, fer: str, seen: list
     return out
 
 
-def format_before_after(result: dict) -> str:
-    """The before/after table the command prints."""
-    rows = [("", f"before ({result['base']})", "after")]
-    u = result["figures"]["user_val"]
-    rows.append((f"your validation faces (n={u['n']}, {result['groups']['val']} groups)",
-                 f"{u['before']['accuracy'] * 100:.2f}%", f"{u['after']['accuracy'] * 100:.2f}%"))
-    if "int8" in result:
-        rows.append(("  the same, int8 (exported)", "", f"{result['int8']['accuracy'] * 100:.2f}%"))
-    f = result["figures"].get("fer2013_publictest")
-    if f:
-        rows.append((f"FER2013 PublicTest (n={f['n']})", f"{f['before']['accuracy'] * 100:.2f}%", f"{f['after']['accuracy'] * 100:.2f}%"))
-        if "missing_classes_recall" in f["before"]:
-            lack = ", ".join(c for c in LABELS if c not in result["classes_seen"])
-            rows.append((f"  recall of classes DATA lacks ({lack})", f"{f['before']['missing_classes_recall'] * 100:.2f}%",
-                         f"{f['after']['missing_classes_recall'] * 100:.2f}%"))
-    else:
-        rows.append(("FER2013 PublicTest", "not at hand", "(--replay PATH)"))
-    w = max(len(r[0]) for r in rows) + 2
-    return "\n".join(f"{r[0]:<{w}}{r[1]:>18}{r[2]:>10}" for r in rows)
-
-
 def finetune(req: FinetuneRequest, log: Callable = print, live: Optional[dict] = None, resume_hint: str = "") -> dict:
     """Fine-tune, evaluate before and after, and record it in the checkpoint; returns the result
     (also written to OUT/NAME/finetune.json). ``live``: threads, device, progress (may change on a rerun)."""
@@ -218,7 +200,7 @@ def finetune(req: FinetuneRequest, log: Callable = print, live: Optional[dict] =
     if req.gated:
         replay_line = gated_config(cfg, base_ck, replay, req.overrides)
     train_split, val_split, record = group_splits(cfg.data, cfg.input_size, cfg.val_fraction, cfg.seed, cfg.groups_csv)
-    for line in _report_lines(record):
+    for line in report_lines(record):
         log(line)
     if "repeat" not in req.overrides:
         cfg.repeat = auto_repeat(cfg, len(train_split.labels))
@@ -229,63 +211,44 @@ def finetune(req: FinetuneRequest, log: Callable = print, live: Optional[dict] =
     log(f"fine-tuning {base_label} ({base_path}) on {len(train_split.labels)} faces of {record['groups']['train']} groups; "
         f"validating on {len(val_split.labels)} faces of {record['groups']['val']} groups")
     log(replay_line)
-    run_dir = train_or_resume(cfg, record["fingerprint"], log, resume_hint, live or {})
-    tuned_path = run_dir / "model.pt"
-    tuned_ck = load_checkpoint(tuned_path)
-    if req.gated:
-        tuned_ck = pair_up(run_dir, base_ck, tuned_ck, train_split, replay, cfg.seed, log)
+    def tuned(c: TrainConfig, mine: np.ndarray) -> tuple[Path, dict]:
+        run_dir = train_or_resume(c, record["fingerprint"], log, resume_hint, live or {})
+        ck = load_checkpoint(run_dir / "model.pt")
+        return run_dir, (pair_up(run_dir, base_ck, ck, mine, replay, c.seed, log) if req.gated else ck)
+
+    checked = replace(cfg, out=str(Path(cfg.out) / cfg.name), name="validated") if req.refit else cfg
+    run_dir, tuned_ck = tuned(checked, train_split.images)
     result = {"base": base_label, "base_checkpoint": str(base_path), "base_sha256": file_sha256(base_path),
               "data": str(Path(req.data).resolve()), "data_fingerprint": record["fingerprint"],
               "classes_seen": record["classes_seen"], "faces": {"train": int(len(train_split.labels)), "val": int(len(val_split.labels))},
-              "groups": {k: record["groups"][k] for k in ("train", "val")}, "replay": cfg.replay or None,
-              "run": str(run_dir), "checkpoint": str(tuned_path)}
-    result["figures"] = before_after(base_ck, tuned_ck, val_split, replay or _fer_at_hand(base_ck), record["classes_seen"], log)
+              "groups": {k: record["groups"][k] for k in ("train", "val")}, "replay": cfg.replay or None}
+    fer = replay or _fer_at_hand(base_ck)
+    result["figures"] = before_after(base_ck, tuned_ck, val_split, fer, record["classes_seen"], log)
+    if req.refit:
+        every = len(train_split.labels) + len(val_split.labels)
+        log(f"refitting on all {every} of your faces, the validation groups too (the figures are the validated run's, {run_dir})")
+        refit = replace(cfg, train_on_val=True)
+        if "repeat" not in req.overrides:
+            refit.repeat = auto_repeat(refit, every)
+        result["refit"] = {"faces": every, "validated_run": str(run_dir)}
+        run_dir, tuned_ck = tuned(refit, np.concatenate([train_split.images, val_split.images]))
+        result["refit"]["fer2013_publictest"] = publictest_accuracy(tuned_ck, fer)
+    result.update({"run": str(run_dir), "checkpoint": str(run_dir / "model.pt")})
     tuned_ck["finetune"] = {k: result[k] for k in ("base", "base_sha256", "data_fingerprint", "classes_seen", "faces", "groups")}
+    tuned_ck["finetune"]["refit"] = bool(req.refit)
     if req.gated:
         result["gate"] = tuned_ck["finetune"]["gate"] = tuned_ck["gate"]
-    save_atomic(tuned_ck, tuned_path)
+    save_atomic(tuned_ck, run_dir / "model.pt")
     atomic_write_text(run_dir / "finetune.json", json.dumps(result, indent=2))
     return result
 
 
-def gated_config(cfg: TrainConfig, base_ck: dict, replay: str, overrides: dict) -> str:
-    """--gated: the copy learns your faces' labels alone (no replay, no teacher); FER2013 is
-    still needed, for the gate. Returns the line saying so."""
-    if not replay:
-        raise EmoError("--gated tells your faces from FER2013's and needs FER2013's training faces; pass --replay PATH "
-                       "(a FER2013 folder or fer2013.csv)")
-    cfg.replay, cfg.teachers = "", []
-    if "kd_alpha" not in overrides:
-        cfg.kd_alpha = 0.0
-    return (f"gated: a copy of the base learns your faces' labels; a gate fitted on your faces against FER2013's ({replay}) "
-            "sends faces like yours to the copy and the rest to the base")
-
-
-def pair_up(run_dir: Path, base_ck: dict, copy_ck: dict, train_split: Split, fer: str, seed: int, log: Callable) -> dict:
-    """--gated: the trainer's model.pt (the copy) moves to copy.pt, and model.pt becomes the pair
-    (rebuilt from copy.pt when a rerun finds the pair already there)."""
-    from .gated import build_gated
-
-    if copy_ck["arch"] != "gated":
-        save_atomic(copy_ck, run_dir / "copy.pt")
-    copy_ck = load_checkpoint(run_dir / "copy.pt")
-    ck, _ = build_gated(base_ck, copy_ck, train_split.images, fer, seed, log)
-    save_atomic(ck, run_dir / "model.pt")
-    return ck
-
-
-def _report_lines(record: dict) -> list[str]:
-    r = record["report"]
-    lines = [f"DATA: {r['count']} faces of {record['groups']['train'] + record['groups']['val']} groups from {r['source']}",
-             "  per class: " + ", ".join(f"{k} {v}" for k, v in r["per_class"].items() if v)]
-    if r.get("unreadable_count"):
-        lines.append(f"  skipped {r['unreadable_count']} unreadable file(s), e.g. {', '.join(r['unreadable'][:3])}")
-    if r.get("blank_skipped"):
-        lines.append(f"  skipped {r['blank_skipped']} blank image(s)")
-    missing = [c for c in LABELS if not r["per_class"].get(c)]
-    if missing:
-        lines.append(f"  no faces of {', '.join(missing)}: the model keeps what the base model knows of them")
-    return lines
+def publictest_accuracy(ck: dict, fer: str) -> Optional[float]:
+    """The accuracy of ``ck`` on FER2013 PublicTest, when ``fer`` has it."""
+    if not (fer and has_split(fer, "val")):
+        return None
+    pt = load_split(fer, "val", ck["input"]["size"])
+    return evaluate_split(model_from_checkpoint(ck), pt, InputSpec.from_dict(ck["input"]), torch.device("cpu"))[0]["accuracy"]
 
 
 def _fer_at_hand(base_ck: dict) -> str:

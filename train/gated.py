@@ -158,3 +158,30 @@ def build_gated(base_ck: dict, copy_ck: dict, mine: np.ndarray, fer: str, seed: 
     ck = make_checkpoint(model.eval(), "gated", args, base_ck["input"], copy_ck.get("config") or {}, copy_ck.get("data") or {},
                          copy_ck.get("metrics") or {}, gate=stats)
     return ck, model
+
+
+# ---------------------------------------------------------------- emo-train finetune --gated
+def gated_config(cfg, base_ck: dict, replay: str, overrides: dict) -> str:
+    """--gated: the copy learns your faces' labels alone (no replay, no teacher); FER2013 is
+    still needed, for the gate. Returns the line saying so."""
+    if not replay:
+        raise EmoError("--gated tells your faces from FER2013's and needs FER2013's training faces; pass --replay PATH "
+                       "(a FER2013 folder or fer2013.csv)")
+    cfg.replay, cfg.teachers = "", []
+    if "kd_alpha" not in overrides:
+        cfg.kd_alpha = 0.0
+    return (f"gated: a copy of the base learns your faces' labels; a gate fitted on your faces against FER2013's ({replay}) "
+            "sends faces like yours to the copy and the rest to the base")
+
+
+def pair_up(run_dir: Path, base_ck: dict, copy_ck: dict, mine: np.ndarray, fer: str, seed: int, log: Callable) -> dict:
+    """--gated: the trainer's model.pt (the copy) moves to copy.pt, and model.pt becomes the pair
+    (rebuilt from copy.pt when a rerun finds the pair already there)."""
+    from .checkpoint import load_checkpoint, save_atomic
+
+    if copy_ck["arch"] != "gated":
+        save_atomic(copy_ck, run_dir / "copy.pt")
+    copy_ck = load_checkpoint(run_dir / "copy.pt")
+    ck, _ = build_gated(base_ck, copy_ck, mine, fer, seed, log)
+    save_atomic(ck, run_dir / "model.pt")
+    return ck
