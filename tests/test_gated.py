@@ -16,7 +16,8 @@ from emo.edge_runtime.labels import LABELS
 from emo.edge_runtime.preprocess import InputSpec, normalize
 from emo.export.convert import quantize, run_onnx, torch_to_onnx
 from emo.train.checkpoint import load_checkpoint, model_from_checkpoint
-from emo.train.gated import GatedPair, fit_gate
+from emo.train.gated import fit_gate
+from emo.train.models import build_model
 
 from conftest import emo_train_here, synthetic_face
 from test_finetune import FAST, NEUTRAL, write_user_faces
@@ -31,7 +32,7 @@ def test_the_gate_tells_the_rooms_apart_and_stays_float_in_int8(tmp_path):
     torch.manual_seed(0)
     spec = InputSpec()
     small = {"arch": "emonet", "arch_args": {"widths": [8, 16, 32], "blocks": [1, 1]}}
-    pair = GatedPair(small, small).eval()
+    pair = build_model("gated", base=small, copy=small).eval()
     mine, other = normalize(faces(120, 1, dark=True), spec), normalize(faces(400, 2, dark=False), spec)
     stats = fit_gate(pair, mine, other)
     assert stats["mine_to_copy"] > 0.9 and stats["other_to_copy"] < 0.1
@@ -101,3 +102,9 @@ def test_gated_needs_fer2013_and_refuses_a_pair_as_base(seed_run, tmp_path, monk
     torch.save(ck, fake)
     code, out, err = emo_train_here(monkeypatch, capfd, "finetune", data, "--from", fake, "--out", tmp_path, *FAST)
     assert code == 2 and "already a gated pair" in err, (out, err)
+
+
+def test_a_pair_is_not_a_family_fit_trains(synthetic_fer, tmp_path, monkeypatch, capfd):
+    code, out, err = emo_train_here(monkeypatch, capfd, "fit", "--data", synthetic_fer, "--set", "arch=gated", "--set", "max_steps=2",
+                                    "--out", tmp_path, "--no-progress")
+    assert code == 2 and "emo-train finetune DATA --gated" in err and "Traceback" not in err, (out, err)

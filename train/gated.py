@@ -8,9 +8,9 @@ of the default recipe keeps FER2013 and learns less: ``research/results/finetune
 The pair keeps both: the base answers for faces that look like FER2013, the copy for faces that
 look like the user's. The gate is a logistic regression on what the room puts in a face (a 12x12
 thumbnail and the share of pixels above 15 grey levels) and on the copy's pooled features,
-fitted on the user's training faces against FER2013 training faces. Its nodes are named
-``/gate/...`` in ONNX, and the exporter leaves them in float (a gate quantised to 8 bits would
-route faces by rounding). Twice the base's size and time per face."""
+fitted here on the user's training faces against FER2013 training faces (:func:`fit_gate`); the
+network is :mod:`emo.train.pairing`. Twice the base's size and time per face. Also finetune's
+steps for it: :func:`gated_config`, :func:`pair_up`."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,84 +19,13 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from emo.edge_runtime.errors import EmoError
-from emo.edge_runtime.labels import NUM_CLASSES
 
-THUMB = 12  # the thumbnail's side
-LEVELS = 15  # grey levels 16, 32, ..., 240: the share of pixels at or above each
+from .pairing import GatedPair
+
 GATE_L2 = 1e-2  # the gate's L2 penalty (on standardised features)
 GATE_OTHER = 4000  # FER2013 training faces the gate learns to tell apart from the user's
-
-
-class DomainGate(nn.Module):
-    """``sigmoid(linear([thumbnail, grey-level shares, learnt features]))``: the weight of the
-    copy's answer for each face. ``mean``/``std`` undo the input's normalisation."""
-
-    def __init__(self, learnt: int, size: int = 48, mean: float = 0.5, std: float = 0.25):
-        super().__init__()
-        if size % THUMB:
-            raise EmoError(f"gated: the input size ({size}) must be a multiple of {THUMB}")
-        self.pool, self.mean, self.std = size // THUMB, float(mean), float(std)
-        self.register_buffer("levels", torch.arange(1, LEVELS + 1, dtype=torch.float32) * 16 / 255 - 0.5 / 255)
-        self.linear = nn.Linear(THUMB * THUMB + LEVELS + learnt, 1)
-
-    def features(self, x: torch.Tensor, learnt: torch.Tensor) -> torch.Tensor:
-        px = x * self.std + self.mean  # the face in [0, 1]
-        thumb = F.avg_pool2d(px, self.pool).flatten(1)
-        shares = (px.flatten(1).unsqueeze(2) >= self.levels).float().mean(1)
-        return torch.cat([thumb, shares, learnt], 1)
-
-    def forward(self, x: torch.Tensor, learnt: torch.Tensor, base_logits: torch.Tensor, copy_logits: torch.Tensor) -> torch.Tensor:
-        g = torch.sigmoid(self.linear(self.features(x, learnt)))
-        p = g * torch.softmax(copy_logits, 1) + (1 - g) * torch.softmax(base_logits, 1)
-        return torch.log(p.clamp_min(1e-7))  # log-probabilities: softmax gives the mixed probabilities back
-
-
-def learnt_width(model: nn.Module) -> int:
-    """How many of the copy's features the gate reads: emonet's pooled features; another
-    family's logits."""
-    from .models import EmoNet
-
-    return model.head[-1].in_features if isinstance(model, EmoNet) else NUM_CLASSES
-
-
-def features_and_logits(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    from .models import EmoNet
-
-    if isinstance(model, EmoNet):
-        h = model.head[:2](model.features(x))
-        return h, model.head[2:](h)
-    y = model(x)
-    return y, y
-
-
-class GatedPair(nn.Module):
-    """``base`` and ``copy`` (``{"arch": ..., "arch_args": {...}}``) and their gate; the output is
-    the log of the mixed probabilities."""
-
-    def __init__(self, base: dict, copy: dict, size: int = 48, mean: float = 0.5, std: float = 0.25, num_classes: int = NUM_CLASSES):
-        super().__init__()
-        from .models import build_model
-
-        for role, m in (("base", base), ("copy", copy)):
-            if not isinstance(m, dict) or "arch" not in m or m["arch"] in ("ensemble", "gated"):
-                raise EmoError(f"gated: {role} is {{'arch': NAME, 'arch_args': {{...}}}} of a single model, not {m!r}")
-        self.base = build_model(base["arch"], **{"num_classes": num_classes, **(base.get("arch_args") or {})})
-        self.copy = build_model(copy["arch"], **{"num_classes": num_classes, **(copy.get("arch_args") or {})})
-        self.gate = DomainGate(learnt_width(self.copy), size, mean, std)
-
-    def gate_inputs(self, x: torch.Tensor) -> torch.Tensor:
-        return self.gate.features(x, features_and_logits(self.copy, x)[0])
-
-    def routed(self, x: torch.Tensor) -> torch.Tensor:
-        """The gate's weight of the copy, per face."""
-        return torch.sigmoid(self.gate.linear(self.gate_inputs(x)))[:, 0]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        learnt, copy_logits = features_and_logits(self.copy, x)
-        return self.gate(x, learnt, self.base(x), copy_logits)
 
 
 @torch.no_grad()
@@ -145,7 +74,9 @@ def build_gated(base_ck: dict, copy_ck: dict, mine: np.ndarray, fer: str, seed: 
     spec = InputSpec.from_dict(base_ck["input"])
     args = {"base": {"arch": base_ck["arch"], "arch_args": base_ck["arch_args"]},
             "copy": {"arch": copy_ck["arch"], "arch_args": copy_ck["arch_args"]}, "size": spec.size, "mean": spec.mean, "std": spec.std}
-    model = GatedPair(**args)
+    from .models import build_model
+
+    model = build_model("gated", **args)
     model.base.load_state_dict(model_from_checkpoint(base_ck).state_dict())
     model.copy.load_state_dict(model_from_checkpoint(copy_ck).state_dict())
     pool = load_split(fer, "train", spec.size)

@@ -14,6 +14,7 @@ from emo.edge_runtime.labels import NUM_CLASSES
 
 from .baselines import EmoVGG, MiniXception, SeedCNN
 from .layers import ResBlock, conv_bn
+from .pairing import GatedPair
 
 REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
@@ -27,6 +28,8 @@ def register(name: str):
 
 
 def build_model(arch: str, **kwargs) -> nn.Module:
+    if arch == "gated":  # made from trained models by `emo-train finetune --gated`, not a trainable family
+        return gated_pair(**kwargs)
     if arch not in REGISTRY:
         raise EmoError(f"unknown architecture '{arch}'; choose one of: {', '.join(sorted(REGISTRY))}")
     return REGISTRY[arch](**kwargs)
@@ -203,9 +206,17 @@ def ensemble(**kw) -> nn.Module:
     return Ensemble(**kw)
 
 
-@register("gated")
-def gated(**kw) -> nn.Module:
-    """A base model and its fine-tuned copy mixed by a domain gate (`emo-train finetune --gated`)."""
-    from .gated import GatedPair
-
-    return GatedPair(**kw)
+def gated_pair(base: dict | None = None, copy: dict | None = None, size: int = 48, mean: float = 0.5, std: float = 0.25,
+               num_classes: int = NUM_CLASSES) -> GatedPair:
+    """The gated pair of ``base`` and ``copy`` (each ``{"arch": ..., "arch_args": {...}}`` of a single
+    network); the gate reads an emonet copy's pooled features, another family's logits."""
+    if base is None or copy is None:
+        raise EmoError("a gated pair is made from a trained model by `emo-train finetune DATA --gated`, not trained by "
+                       "emo-train fit; pick another arch")
+    built = []
+    for role, m in (("base", base), ("copy", copy)):
+        if not isinstance(m, dict) or "arch" not in m or m["arch"] in ("ensemble", "gated"):
+            raise EmoError(f"gated: {role} is {{'arch': NAME, 'arch_args': {{...}}}} of a single model, not {m!r}")
+        built.append(build_model(m["arch"], **{"num_classes": num_classes, **(m.get("arch_args") or {})}))
+    pooled = isinstance(built[1], EmoNet)
+    return GatedPair(built[0], built[1], pooled, built[1].head[-1].in_features if pooled else num_classes, size, mean, std)
