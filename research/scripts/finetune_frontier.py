@@ -9,6 +9,7 @@ who gives every face they have), or ``--inner S`` (benchmarks/finetune.py's tuni
 Appends one JSON line per run to ``--out``. Training install; data through EMO_SHARED_DATA.
 
     python research/scripts/finetune_frontier.py --fold 0 --set replay_alpha=0
+    python research/scripts/finetune_frontier.py --fold 0 --gated --refit   # the pair, judged alone (no blends)
 """
 from __future__ import annotations
 
@@ -42,6 +43,8 @@ def accuracy(model, split, spec) -> float:
 
 
 def blend(base: torch.nn.Module, tuned: torch.nn.Module, a: float) -> torch.nn.Module:
+    if a == 1.0:
+        return tuned.eval()
     sb, st = base.state_dict(), tuned.state_dict()
     m = copy.deepcopy(tuned)
     m.load_state_dict({k: (a * st[k].float() + (1 - a) * sb[k].float()).to(st[k].dtype) if st[k].is_floating_point() else st[k]
@@ -56,6 +59,8 @@ def main() -> None:
     ap.add_argument("--fold", type=int, default=None, help="fold K of 4 over all subjects")
     ap.add_argument("--inner", type=int, default=1, help="without --fold: the inner seed of the training half")
     ap.add_argument("--set", dest="sets", action="append", default=[], help="KEY=VALUE for the fine-tuning recipe")
+    ap.add_argument("--gated", action="store_true", help="emo-train finetune --gated (judged as it is: a pair is not blended)")
+    ap.add_argument("--refit", action="store_true", help="emo-train finetune --refit")
     ap.add_argument("--out", type=Path, default=Path("research/results/finetune-frontier.jsonl"))
     ap.add_argument("--keep", type=Path, default=None,
                     help="keep the given faces (links) and the run here, for finetune_gate.py (KEEP/runs/r); default: a temporary folder")
@@ -84,16 +89,18 @@ def main() -> None:
         folder = bench.link_folder(Path(tmp) / "data", data, [n for n in faces.names if bench.subject(n) in train])
         t0 = time.time()
         res = finetune(FinetuneRequest(data=str(folder), base=args.base, replay=str(shared / "fer2013"), overrides=overrides,
-                                       out=str(Path(tmp) / "runs"), name="r"), log=lambda *a: None,
+                                       out=str(Path(tmp) / "runs"), name="r", gated=args.gated, refit=args.refit),
+                       log=lambda *a: None,
                        live={"threads": 1, "progress": False})
         wall = time.time() - t0
         base_ck = load_checkpoint(resolve_base(args.base)[0])
         tuned = model_from_checkpoint(load_checkpoint(Path(res["checkpoint"]))).eval()
     base = model_from_checkpoint(base_ck).eval()
     spec = InputSpec(size=base_ck["input"]["size"], mean=base_ck["input"]["mean"], std=base_ck["input"]["std"])
-    row = {"base": args.base, "split": f"fold {args.fold} of 4" if args.fold is not None else f"inner {args.inner}",
+    alphas = (1.0,) if args.gated else ALPHAS
+    row = {"base": args.base, "gated": args.gated, "refit": args.refit, "split": f"fold {args.fold} of 4" if args.fold is not None else f"inner {args.inner}",
            "settings": args.sets, "wall_s": round(wall), "blends": [(a, accuracy(blend(base, tuned, a), judge, spec),
-                                                                     accuracy(blend(base, tuned, a), fer, spec)) for a in ALPHAS]}
+                                                                     accuracy(blend(base, tuned, a), fer, spec)) for a in alphas]}
     print(json.dumps(row))
     with open(args.out, "a") as f:
         f.write(json.dumps(row) + "\n")
