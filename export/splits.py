@@ -11,7 +11,7 @@ import numpy as np
 
 from emo.edge_runtime.dataset import Split, load_split, locate_split, split_key
 from emo.edge_runtime.errors import EmoError
-from emo.train.data import run_group_faces
+from emo.train.data import join_splits, run_group_faces
 
 from .options import ExportOptions
 
@@ -65,7 +65,7 @@ def own_faces(ck: dict, ckpt: Path, opts: ExportOptions, log: Callable[[str], No
             raise EmoError(f"cannot calibrate the gated pair's base on FER2013 ({e}); put {fer} back, or refit the pair with "
                            "emo-train finetune --gated --replay PATH") from None
         log(f"  and as many FER2013 training faces of {fer} (the gated pair's base answers for faces like them)")
-        calib = Split(np.concatenate([calib.images, other.images]), np.concatenate([calib.labels, other.labels]), calib.report)
+        calib = join_splits(calib, other)
     return calib, _sample(val, opts.val_size, opts.seed + 1)
 
 

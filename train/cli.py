@@ -238,7 +238,8 @@ def finetune(
     import shlex
 
     from .config import parse_sets
-    from .finetune import FinetuneRequest, finetune as run_finetune, format_before_after
+    from .finetune import FinetuneRequest, finetune as run_finetune
+    from .finetune_report import format_before_after
     from .trainer import Stop
 
     req = FinetuneRequest(data=str(data), base=base, replay=replay, groups=str(groups) if groups else "", val_fraction=val_fraction,

@@ -34,9 +34,9 @@ from emo.edge_runtime.preprocess import InputSpec
 
 from .checkpoint import file_sha256, load_checkpoint, model_from_checkpoint, save_atomic
 from .config import TrainConfig, build_config
-from .data import group_splits
+from .data import group_splits, join_splits
 from .evaluate import evaluate_split
-from .finetune_report import format_before_after, report_lines  # noqa: F401 (format_before_after: imported from here)
+from .finetune_report import report_lines
 from .gated import gated_config, pair_up
 from .trainer import RESUME_OVERRIDABLE, train
 
@@ -167,15 +167,13 @@ def evaluate_pair(base: torch.nn.Module, tuned: torch.nn.Module, split: Split, s
     return out
 
 
-def before_after(base_ck: dict, tuned_ck: dict, val: Split, fer: str, seen: list[str], log: Callable) -> dict:
-    """The base and the fine-tuned model on the user's validation faces and, with ``fer``, on
+def before_after(base_ck: dict, tuned_ck: dict, val: Split, pt: Optional[Split], seen: list[str]) -> dict:
+    """The base and the fine-tuned model on the user's validation faces and, with ``pt``, on
     FER2013 PublicTest: overall, and the mean recall of the classes DATA lacks."""
     spec = InputSpec.from_dict(base_ck["input"])
     base, tuned = model_from_checkpoint(base_ck), model_from_checkpoint(tuned_ck)
     out = {"user_val": evaluate_pair(base, tuned, val, spec)}
-    if fer and has_split(fer, "val"):
-        log(f"evaluating on FER2013 PublicTest ({fer})")
-        pt = load_split(fer, "val", spec.size)
+    if pt is not None:
         res = evaluate_pair(base, tuned, pt, spec)
         res["source"] = pt.report.source
         missing = [c for c in LABELS if c not in seen]
@@ -211,6 +209,7 @@ def finetune(req: FinetuneRequest, log: Callable = print, live: Optional[dict] =
     log(f"fine-tuning {base_label} ({base_path}) on {len(train_split.labels)} faces of {record['groups']['train']} groups; "
         f"validating on {len(val_split.labels)} faces of {record['groups']['val']} groups")
     log(replay_line)
+
     def tuned(c: TrainConfig, mine: np.ndarray) -> tuple[Path, dict]:
         run_dir = train_or_resume(c, record["fingerprint"], log, resume_hint, live or {})
         ck = load_checkpoint(run_dir / "model.pt")
@@ -222,17 +221,19 @@ def finetune(req: FinetuneRequest, log: Callable = print, live: Optional[dict] =
               "data": str(Path(req.data).resolve()), "data_fingerprint": record["fingerprint"],
               "classes_seen": record["classes_seen"], "faces": {"train": int(len(train_split.labels)), "val": int(len(val_split.labels))},
               "groups": {k: record["groups"][k] for k in ("train", "val")}, "replay": cfg.replay or None}
-    fer = replay or _fer_at_hand(base_ck)
-    result["figures"] = before_after(base_ck, tuned_ck, val_split, fer, record["classes_seen"], log)
+    pt = publictest(replay or _fer_at_hand(base_ck), cfg.input_size, log)
+    result["figures"] = before_after(base_ck, tuned_ck, val_split, pt, record["classes_seen"])
     if req.refit:
-        every = len(train_split.labels) + len(val_split.labels)
-        log(f"refitting on all {every} of your faces, the validation groups too (the figures are the validated run's, {run_dir})")
+        every = join_splits(train_split, val_split)
+        n = len(every.labels)
+        log(f"refitting on all {n} of your faces, the validation groups too (the figures are the validated run's, {run_dir})")
         refit = replace(cfg, train_on_val=True)
         if "repeat" not in req.overrides:
-            refit.repeat = auto_repeat(refit, every)
-        result["refit"] = {"faces": every, "validated_run": str(run_dir)}
-        run_dir, tuned_ck = tuned(refit, np.concatenate([train_split.images, val_split.images]))
-        result["refit"]["fer2013_publictest"] = publictest_accuracy(tuned_ck, fer)
+            refit.repeat = auto_repeat(refit, n)
+        result["refit"] = {"faces": n, "validated_run": str(run_dir)}
+        run_dir, tuned_ck = tuned(refit, every.images)
+        result["refit"]["fer2013_publictest"] = None if pt is None else evaluate_split(
+            model_from_checkpoint(tuned_ck), pt, InputSpec.from_dict(tuned_ck["input"]), torch.device("cpu"))[0]["accuracy"]
     result.update({"run": str(run_dir), "checkpoint": str(run_dir / "model.pt")})
     tuned_ck["finetune"] = {k: result[k] for k in ("base", "base_sha256", "data_fingerprint", "classes_seen", "faces", "groups")}
     tuned_ck["finetune"]["refit"] = bool(req.refit)
@@ -243,12 +244,12 @@ def finetune(req: FinetuneRequest, log: Callable = print, live: Optional[dict] =
     return result
 
 
-def publictest_accuracy(ck: dict, fer: str) -> Optional[float]:
-    """The accuracy of ``ck`` on FER2013 PublicTest, when ``fer`` has it."""
+def publictest(fer: str, size: int, log: Callable) -> Optional[Split]:
+    """FER2013 PublicTest of ``fer``, loaded once for every figure on it; None when it is not there."""
     if not (fer and has_split(fer, "val")):
         return None
-    pt = load_split(fer, "val", ck["input"]["size"])
-    return evaluate_split(model_from_checkpoint(ck), pt, InputSpec.from_dict(ck["input"]), torch.device("cpu"))[0]["accuracy"]
+    log(f"evaluating on FER2013 PublicTest ({fer})")
+    return load_split(fer, "val", size)
 
 
 def _fer_at_hand(base_ck: dict) -> str:

@@ -20,8 +20,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from emo.edge_runtime.dataset import load_split
 from emo.edge_runtime.errors import EmoError
+from emo.edge_runtime.preprocess import InputSpec, normalize
 
+from .checkpoint import load_checkpoint, make_checkpoint, model_from_checkpoint, save_atomic
+from .models import build_model
 from .pairing import GatedPair
 
 GATE_L2 = 1e-2  # the gate's L2 penalty (on standardised features)
@@ -62,20 +66,13 @@ def fit_gate(model: GatedPair, mine: np.ndarray, other: np.ndarray, l2: float = 
             "other_to_copy": round(float(g[len(mine):].mean()), 4)}
 
 
-def build_gated(base_ck: dict, copy_ck: dict, mine: np.ndarray, fer: str, seed: int, log: Callable) -> tuple[dict, GatedPair]:
+def build_gated(base_ck: dict, copy_ck: dict, mine: np.ndarray, fer: str, seed: int, log: Callable) -> dict:
     """The gated pair's checkpoint from the base and the fine-tuned copy, its gate fitted on the
     user's training faces ``mine`` (48x48 uint8) against ``GATE_OTHER`` FER2013 training faces of
     ``fer``."""
-    from emo.edge_runtime.dataset import load_split
-    from emo.edge_runtime.preprocess import InputSpec, normalize
-
-    from .checkpoint import make_checkpoint, model_from_checkpoint
-
     spec = InputSpec.from_dict(base_ck["input"])
     args = {"base": {"arch": base_ck["arch"], "arch_args": base_ck["arch_args"]},
             "copy": {"arch": copy_ck["arch"], "arch_args": copy_ck["arch_args"]}, "size": spec.size, "mean": spec.mean, "std": spec.std}
-    from .models import build_model
-
     model = build_model("gated", **args)
     model.base.load_state_dict(model_from_checkpoint(base_ck).state_dict())
     model.copy.load_state_dict(model_from_checkpoint(copy_ck).state_dict())
@@ -86,9 +83,8 @@ def build_gated(base_ck: dict, copy_ck: dict, mine: np.ndarray, fer: str, seed: 
     stats["fer"] = str(Path(fer).resolve())  # the export calibrates int8 on these too: the base answers for faces like them
     log(f"  on those faces the gate gives your copy {stats['mine_to_copy'] * 100:.1f}% of the weight on yours and "
         f"{stats['other_to_copy'] * 100:.1f}% on FER2013's")
-    ck = make_checkpoint(model.eval(), "gated", args, base_ck["input"], copy_ck.get("config") or {}, copy_ck.get("data") or {},
-                         copy_ck.get("metrics") or {}, gate=stats)
-    return ck, model
+    return make_checkpoint(model.eval(), "gated", args, base_ck["input"], copy_ck.get("config") or {}, copy_ck.get("data") or {},
+                           copy_ck.get("metrics") or {}, gate=stats)
 
 
 # ---------------------------------------------------------------- emo-train finetune --gated
@@ -108,11 +104,9 @@ def gated_config(cfg, base_ck: dict, replay: str, overrides: dict) -> str:
 def pair_up(run_dir: Path, base_ck: dict, copy_ck: dict, mine: np.ndarray, fer: str, seed: int, log: Callable) -> dict:
     """--gated: the trainer's model.pt (the copy) moves to copy.pt, and model.pt becomes the pair
     (rebuilt from copy.pt when a rerun finds the pair already there)."""
-    from .checkpoint import load_checkpoint, save_atomic
-
     if copy_ck["arch"] != "gated":
         save_atomic(copy_ck, run_dir / "copy.pt")
     copy_ck = load_checkpoint(run_dir / "copy.pt")
-    ck, _ = build_gated(base_ck, copy_ck, mine, fer, seed, log)
+    ck = build_gated(base_ck, copy_ck, mine, fer, seed, log)
     save_atomic(ck, run_dir / "model.pt")
     return ck

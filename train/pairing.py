@@ -34,8 +34,12 @@ class DomainGate(nn.Module):
         shares = (px.flatten(1).unsqueeze(2) >= self.levels).float().mean(1)
         return torch.cat([thumb, shares, learnt], 1)
 
+    def weigh(self, x: torch.Tensor, learnt: torch.Tensor) -> torch.Tensor:
+        """The copy's weight per face, ``(N, 1)``."""
+        return torch.sigmoid(self.linear(self.features(x, learnt)))
+
     def forward(self, x: torch.Tensor, learnt: torch.Tensor, base_logits: torch.Tensor, copy_logits: torch.Tensor) -> torch.Tensor:
-        g = torch.sigmoid(self.linear(self.features(x, learnt)))
+        g = self.weigh(x, learnt)
         p = g * torch.softmax(copy_logits, 1) + (1 - g) * torch.softmax(base_logits, 1)
         return torch.log(p.clamp_min(1e-7))  # log-probabilities: softmax gives the mixed probabilities back
 
@@ -64,7 +68,7 @@ class GatedPair(nn.Module):
 
     def routed(self, x: torch.Tensor) -> torch.Tensor:
         """The gate's weight of the copy, per face."""
-        return torch.sigmoid(self.gate.linear(self.gate_inputs(x)))[:, 0]
+        return self.gate.weigh(x, self.copy_outputs(x)[0])[:, 0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         learnt, copy_logits = self.copy_outputs(x)
