@@ -36,7 +36,7 @@ from emo.train.models import count_macs, count_params
 
 from .convert import METHODS, latency_pair, quantize, run_onnx, torch_to_onnx, write_ort
 from .equalize import equalize_separable
-from .splits import load_faces, own_faces, resolve_data
+from .splits import load_faces, own_faces, resolve_data, with_spoiled
 from .onnxfile import stamp_metadata
 from .options import ExportOptions, Gates  # noqa: F401 (Gates: imported from here too)
 from .verification import calibrate_confidence, check_gates, format_report, robustness  # noqa: F401 (format_report: the CLI's)
@@ -100,6 +100,8 @@ def prepare(ckpt: Path, opts: ExportOptions, log: Callable[[str], None]) -> Expo
         calib_src = resolve_data(opts.calib_data, ck, "calibration", "--calib-data")
         val_src = resolve_data(opts.val_data or opts.calib_data, ck, "verification", "--val-data")
         calib, val = load_faces(calib_src, val_src, spec.size, opts, log)
+    if ck["arch"] == "dual-stem":
+        calib = with_spoiled(calib, opts.seed, log)
     return ExportJob(ckpt, ck, model, spec, out_dir, opts.name or ckpt.stem, calib, val, opts)
 
 

@@ -10,6 +10,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from emo.edge_runtime.dataset import Split, load_split, locate_split, split_key
+from emo.edge_runtime.degrade import random_degrade
 from emo.edge_runtime.errors import EmoError
 from emo.train.data import join_splits, run_group_faces
 
@@ -67,6 +68,15 @@ def own_faces(ck: dict, ckpt: Path, opts: ExportOptions, log: Callable[[str], No
         log(f"  and as many FER2013 training faces of {fer} (the gated pair's base answers for faces like them)")
         calib = join_splits(calib, other)
     return calib, _sample(val, opts.val_size, opts.seed + 1)
+
+
+def with_spoiled(calib: Split, seed: int, log: Callable[[str], None]) -> Split:
+    """A hardened model (``emo-train harden``): its twin stem reads spoiled faces, so int8 is
+    calibrated on each calibration face and a spoiled copy of it as well."""
+    rng = np.random.default_rng(seed)
+    spoiled = Split(np.stack([random_degrade(im, rng) for im in calib.images]), calib.labels, calib.report)
+    log(f"  and a spoiled copy of each of those {len(calib.labels)} faces (the hardened model's twin stem reads faces like them)")
+    return join_splits(calib, spoiled)
 
 
 def _sample(split: Split, n: int, seed: int) -> Split:

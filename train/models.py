@@ -15,6 +15,7 @@ from emo.edge_runtime.labels import NUM_CLASSES
 from .baselines import EmoVGG, MiniXception, SeedCNN
 from .layers import ResBlock, conv_bn
 from .pairing import GatedPair
+from .stems import DualStem
 
 REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
@@ -30,6 +31,8 @@ def register(name: str):
 def build_model(arch: str, **kwargs) -> nn.Module:
     if arch == "gated":  # made from trained models by `emo-train finetune --gated`, not a trainable family
         return gated_pair(**kwargs)
+    if arch == "dual-stem":  # made from a trained emonet by `emo-train harden`
+        return dual_stem(**kwargs)
     if arch not in REGISTRY:
         raise EmoError(f"unknown architecture '{arch}'; choose one of: {', '.join(sorted(REGISTRY))}")
     return REGISTRY[arch](**kwargs)
@@ -220,3 +223,18 @@ def gated_pair(base: dict | None = None, copy: dict | None = None, size: int = 4
         built.append(build_model(m["arch"], **{"num_classes": num_classes, **(m.get("arch_args") or {})}))
     pooled = isinstance(built[1], EmoNet)
     return GatedPair(built[0], built[1], pooled, built[1].head[-1].in_features if pooled else num_classes, size, mean, std)
+
+
+def dual_stem(base: dict | None = None, split: int = 5, size: int = 48, mean: float = 0.5, std: float = 0.25,
+              num_classes: int = NUM_CLASSES) -> DualStem:
+    """An emonet ``base`` (``{"arch": ..., "arch_args": {...}}``) with a twin of its first ``split``
+    blocks for spoiled faces and the quality gate between them (:mod:`emo.train.stems`)."""
+    if base is None:
+        raise EmoError("a dual-stem model is made from a trained emonet by `emo-train harden CKPT`, not trained by "
+                       "emo-train fit; pick another arch")
+    if not isinstance(base, dict) or "arch" not in base or base["arch"] in ("ensemble", "gated", "dual-stem"):
+        raise EmoError(f"dual-stem: base is {{'arch': NAME, 'arch_args': {{...}}}} of a single emonet, not {base!r}")
+    net = build_model(base["arch"], **{"num_classes": num_classes, **(base.get("arch_args") or {})})
+    if not isinstance(net, EmoNet):
+        raise EmoError(f"dual-stem: the base must be an emonet, not {base['arch']}")
+    return DualStem(net, split, size, mean, std)

@@ -1,0 +1,97 @@
+"""`emo-train harden`: a twin of a trained emonet's first blocks learns spoiled faces, and a quality
+gate sends each face through the stem that suits it. A fresh twin changes no answer; the gate tells
+spoiled faces from clean ones and stays in float in the int8 model; the command trains, measures,
+resumes, exports, and refuses what it cannot harden."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import torch
+
+from emo.edge_runtime.degrade import random_degrade
+from emo.edge_runtime.preprocess import InputSpec, normalize
+from emo.export.convert import quantize, run_onnx, torch_to_onnx
+from emo.train.checkpoint import load_checkpoint
+from emo.train.gated import fit_gate
+from emo.train.models import build_model
+
+from conftest import emo_train_here, run_cli, synthetic_face
+
+SMALL = {"arch": "emonet", "arch_args": {"widths": [8, 16, 32], "blocks": [1, 1]}}
+
+
+def clean_and_spoiled(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    clean = np.stack([synthetic_face(i % 7, rng) for i in range(n)])
+    return clean, np.stack([random_degrade(im, rng, min_px=12) for im in clean])
+
+
+def test_a_fresh_twin_changes_nothing_and_the_gate_tells_spoiled_faces(tmp_path):
+    torch.manual_seed(0)
+    spec = InputSpec()
+    model = build_model("dual-stem", base=SMALL, split=2).eval()
+    clean, spoiled = clean_and_spoiled(300, 1)
+    x = torch.from_numpy(normalize(np.concatenate([clean[:20], spoiled[:20]]), spec))
+    with torch.no_grad():
+        assert torch.allclose(model(x), model.net(x), atol=1e-5)  # the twin starts as the stem: same answers
+        for p in model.twin.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    stats = fit_gate(model, normalize(spoiled, spec), normalize(clean, spec))
+    assert stats["mine_to_copy"] > stats["other_to_copy"] + 0.3
+    new_clean, new_spoiled = clean_and_spoiled(100, 2)
+    with torch.no_grad():
+        g_clean = model.routed(torch.from_numpy(normalize(new_clean, spec))).numpy()
+        g_spoiled = model.routed(torch.from_numpy(normalize(new_spoiled, spec))).numpy()
+        out = model(x)
+        h, t = model.stems(x)
+        g = model.routed(x)[:, None, None, None]
+        mixed = model.rest(g * t + (1 - g) * h)
+    assert g_spoiled.mean() > g_clean.mean() + 0.2  # faces the gate never saw
+    assert torch.allclose(out, mixed, atol=1e-5)
+    fp32, int8 = tmp_path / "dual.onnx", tmp_path / "dual.int8.onnx"
+    torch_to_onnx(model, spec, fp32, 17)
+    assert np.allclose(run_onnx(fp32, x.numpy()), out.numpy(), atol=1e-4)
+    quantize(fp32, int8, normalize(np.concatenate([clean, spoiled]), spec)[::3], "minmax", per_channel=True)
+    graph = onnx.load(str(int8)).graph
+    made = {o: n for n in graph.node for o in n.output}
+    gemm = [n for n in graph.node if n.name.startswith("/gate/") and n.op_type == "Gemm"]
+    assert gemm and all(i not in made or made[i].op_type != "DequantizeLinear" for i in gemm[0].input[1:])  # float weights
+    assert (run_onnx(int8, x.numpy()).argmax(1) == out.numpy().argmax(1)).mean() >= 0.9
+
+
+def test_harden_trains_measures_resumes_and_exports(tmp_path, monkeypatch, capfd, synthetic_fer):
+    args = ["harden", "models/emo_default.pt", "--data", str(synthetic_fer), "--out", str(tmp_path), "--name", "hard",
+            "--epochs", "1", "--batch-size", "64", "--threads", "1", "--no-progress"]
+    code, out, err = emo_train_here(monkeypatch, capfd, *args)
+    assert code == 0, err + out
+    run = tmp_path / "hard"
+    ck = load_checkpoint(run / "model.pt")
+    assert ck["arch"] == "dual-stem" and ck["config"]["harden"]["epochs"] == 1
+    figures = ck["metrics"]["robustness"]
+    assert set(figures) == {"base", "twin", "hardened"}
+    assert all(0 <= f["worst"] <= f["mean"] <= 1 and 0 <= f["clean"] <= 1 for f in figures.values())
+    base = load_checkpoint("models/emo_default.pt")["state_dict"]
+    twin = {k.split(".", 1)[1]: v for k, v in ck["state_dict"].items() if k.startswith("twin.")}
+    assert any(not torch.equal(v, base[f"features.{k}"]) for k, v in twin.items() if v.is_floating_point())  # it learnt
+    assert "hardened" in out and "mean of the ten" in out
+    code, out, err = emo_train_here(monkeypatch, capfd, *args)  # a rerun finds its last.pt: nothing to train again
+    assert code == 0 and "resuming" in out + err
+    r = run_cli("emo-export", run / "model.pt", "--val-size", "140", "--calib-size", "140", "--calib-method", "minmax")
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert "spoiled copy" in r.stdout + r.stderr
+    report = json.loads((run / "export-report.json").read_text())
+    assert report["passed"] and report["arch"] == "dual-stem"
+
+
+def test_harden_refuses_what_it_cannot_harden(tmp_path, monkeypatch, capfd, synthetic_fer, seed_run):
+    code, out, err = emo_train_here(monkeypatch, capfd, "harden", str(seed_run / "model.pt"), "--data", str(synthetic_fer),
+                                    "--out", str(tmp_path), "--no-progress")
+    assert code != 0 and "Traceback" not in err and "emonet" in err
+    code, out, err = emo_train_here(monkeypatch, capfd, "fit", "--data", str(synthetic_fer), "--set", "arch=dual-stem",
+                                    "--out", str(tmp_path), "--no-progress")
+    assert code != 0 and "Traceback" not in err and "emo-train harden" in err
+    code, out, err = emo_train_here(monkeypatch, capfd, "harden", "models/emo_default.pt", "--data", str(tmp_path / "nowhere"),
+                                    "--out", str(tmp_path), "--no-progress")
+    assert code != 0 and "Traceback" not in err

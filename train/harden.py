@@ -1,0 +1,179 @@
+"""`emo-train harden CKPT --data FER`: give a trained emonet a twin stem for spoiled faces and a
+quality gate (the network: :mod:`emo.train.stems`).
+
+Training touches the twin stem alone: each step takes a batch of training faces (mirrored and
+turned up to 15 degrees at random), spoils each as a random camera would
+(:func:`emo.edge_runtime.degrade.random_degrade`), and teaches the network-with-twin-stem on the
+spoiled face what the untouched model says of the clean one (distillation at temperature 2, plus
+the label). Then the gate is fitted on spoiled against clean training faces, and the whole is
+measured on the val faces: clean and under the ten benchmark conditions, for the base, the twin
+alone and the hardened model. Each epoch ends with ``last.pt``; Ctrl-C saves mid-epoch, and the
+same command resumes (the permutation and each batch's randomness come from the seed, the epoch
+and the batch)."""
+from __future__ import annotations
+
+import copy
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from emo.edge_runtime.dataset import load_split
+from emo.edge_runtime.degrade import CONDITIONS, degrade_images, random_degrade, rotate, summarize
+from emo.edge_runtime.errors import EmoError
+from emo.edge_runtime.preprocess import InputSpec, normalize
+from emo.edge_runtime.stopping import StopFlag
+
+from .checkpoint import file_sha256, load_checkpoint, make_checkpoint, make_run_folder, model_from_checkpoint, save_atomic
+from .gated import _batched, fit_gate
+from .models import EmoNet, build_model
+from .run import Stop
+
+GATE_FACES = 4000  # spoiled and as many clean training faces the gate is fitted on
+
+
+def hardened_from(base_ck: dict, split: int) -> torch.nn.Module:
+    """A dual-stem model around ``base_ck``'s network; its twin starts as a copy of the stem."""
+    if base_ck["arch"] in ("ensemble", "gated", "dual-stem"):
+        raise EmoError(f"emo-train harden takes a single emonet checkpoint, not a{'n' if base_ck['arch'][0] == 'e' else ''} "
+                       f"{base_ck['arch']}; harden its members one by one")
+    spec = InputSpec.from_dict(base_ck["input"])
+    model = build_model("dual-stem", base={"arch": base_ck["arch"], "arch_args": base_ck["arch_args"]}, split=split,
+                        size=spec.size, mean=spec.mean, std=spec.std)
+    model.net.load_state_dict(model_from_checkpoint(base_ck).state_dict())
+    model.twin.load_state_dict(model.net.features[:split].state_dict())
+    return model
+
+
+def _batch(images: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Clean faces (mirrored and turned at random) and the same faces spoiled."""
+    out = images.copy()
+    flip = rng.random(len(out)) < 0.5
+    out[flip] = out[flip, :, ::-1]
+    out = np.stack([rotate(im, float(rng.uniform(-15, 15))) if rng.random() < 0.5 else im for im in out])
+    return out, np.stack([random_degrade(im, rng) for im in out])
+
+
+def _lr(base: float, step: int, total: int, warmup: float = 0.05) -> float:
+    w = max(1, int(total * warmup))
+    if step < w:
+        return base * (step + 1) / w
+    return base * 0.5 * (1 + math.cos(math.pi * (step - w) / max(1, total - w)))
+
+
+def robustness(fn: Callable, images: np.ndarray, labels: np.ndarray, spec: InputSpec) -> dict:
+    """Accuracy of ``fn`` (a batch of inputs -> logits) on clean faces and under each benchmark
+    condition, with the mean and worst of the conditions."""
+    acc = {}
+    for name in ("clean", *CONDITIONS):
+        faces = images if name == "clean" else degrade_images(images, name)
+        acc[name] = float((_batched(fn, normalize(faces, spec)).argmax(1).numpy() == labels).mean())
+    return {"clean": acc["clean"], **summarize(acc, CONDITIONS)}
+
+
+def harden(checkpoint: Path, data: str, out: str = "runs", name: str = "", split: int = 5, epochs: int = 4, lr: float = 1e-3,
+           batch_size: int = 128, kd_alpha: float = 0.7, seed: int = 0, progress: bool = True, log: Callable = print,
+           resume_hint: str = "") -> Path:
+    """Train the twin stem (resuming OUT/NAME/last.pt if there), fit the gate, measure, and write
+    OUT/NAME/model.pt; returns OUT/NAME."""
+    base_ck = load_checkpoint(checkpoint)
+    model = hardened_from(base_ck, split)
+    if not isinstance(model.net, EmoNet):
+        raise EmoError(f"emo-train harden takes an emonet checkpoint, not {base_ck['arch']}")
+    spec = InputSpec.from_dict(base_ck["input"])
+    run_dir = Path(out) / (name or f"{Path(checkpoint).parent.name}-hardened")
+    make_run_folder(run_dir)
+    train = load_split(data, "train", spec.size)
+    val = load_split(data, "val", spec.size)
+    recipe = {"base": str(checkpoint), "base_sha256": file_sha256(checkpoint), "data": str(data), "split": split, "epochs": epochs,
+              "lr": lr, "batch_size": batch_size, "kd_alpha": kd_alpha, "seed": seed}
+    steps_per_epoch = len(train.labels) // batch_size
+    total = steps_per_epoch * epochs
+    opt = torch.optim.AdamW(model.twin.parameters(), lr=lr, weight_decay=1e-4)
+    state = {"epoch": 0, "batch": 0, "step": 0}
+    last = run_dir / "last.pt"
+    if last.is_file():
+        saved = torch.load(last, map_location="cpu", weights_only=True)
+        if saved.get("recipe") != recipe:
+            raise EmoError(f"{last} is a run with another recipe ({saved.get('recipe')}); pass another --name, or delete {run_dir}")
+        model.twin.load_state_dict(saved["twin"])
+        opt.load_state_dict(saved["optimizer"])
+        state = saved["state"]
+        log(f"resuming {run_dir} at epoch {state['epoch'] + 1}, batch {state['batch']}")
+    for p in model.net.parameters():
+        p.requires_grad_(False)
+    model.net.eval()
+    teacher = copy.deepcopy(model.net)
+    log(f"hardening {checkpoint}: a twin of its first {split} blocks learns spoiled faces ({len(train.labels)} training faces "
+        f"of {train.report.source}, {epochs} epochs); the rest of the network stays as it is")
+    stop = StopFlag().install()
+    from tqdm import tqdm
+
+    try:
+        while state["epoch"] < epochs:
+            e = state["epoch"]
+            perm = np.random.default_rng([seed, e]).permutation(len(train.labels))
+            bar = tqdm(total=steps_per_epoch, initial=state["batch"], desc=f"epoch {e + 1}/{epochs}", unit="batch",
+                       dynamic_ncols=True, file=sys.stderr, disable=not (progress and sys.stderr.isatty()))
+            model.twin.train()
+            t0, seen_loss = time.time(), []
+            torch.manual_seed(seed * 1_000_003 + e)
+            for b in range(state["batch"], steps_per_epoch):
+                idx = perm[b * batch_size : (b + 1) * batch_size]
+                clean, spoiled = _batch(train.images[idx], np.random.default_rng([seed, e, b]))
+                with torch.no_grad():
+                    target = F.softmax(teacher(torch.from_numpy(normalize(clean, spec))) / 2, 1)
+                y = model.twin_logits(torch.from_numpy(normalize(spoiled, spec)))
+                kd = F.kl_div(F.log_softmax(y / 2, 1), target, reduction="batchmean") * 4
+                loss = kd_alpha * kd + (1 - kd_alpha) * F.cross_entropy(y, torch.from_numpy(train.labels[idx]))
+                for g in opt.param_groups:
+                    g["lr"] = _lr(lr, state["step"], total)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                state["batch"], state["step"] = b + 1, state["step"] + 1
+                seen_loss.append(loss.item())
+                bar.update(1)
+                bar.set_postfix(loss=f"{np.mean(seen_loss):.3f}")
+                if stop.reason:
+                    raise Stop(stop.reason)
+            bar.close()
+            state = {"epoch": e + 1, "batch": 0, "step": state["step"]}
+            save_atomic({"recipe": recipe, "twin": model.twin.state_dict(), "optimizer": opt.state_dict(), "state": state}, last)
+            log(f"epoch {e + 1}/{epochs}: loss {np.mean(seen_loss):.4f} | {time.time() - t0:.0f}s")
+    except Stop as s:
+        save_atomic({"recipe": recipe, "twin": model.twin.state_dict(), "optimizer": opt.state_dict(), "state": state}, last)
+        log(f"stopped by {s}; progress saved to {last}. Continue with: {resume_hint or 'the same command again'}")
+        raise
+    finally:
+        stop.restore()
+    model.eval()
+    rng = np.random.default_rng([seed, 1 << 20])
+    pick = rng.choice(len(train.labels), min(2 * GATE_FACES, len(train.labels)), replace=False)
+    half = len(pick) // 2
+    spoiled = np.stack([random_degrade(im, rng) for im in train.images[pick[:half]]])
+    log(f"fitting the quality gate: {half} spoiled training faces against {len(pick) - half} clean ones")
+    gate = fit_gate(model, normalize(spoiled, spec), normalize(train.images[pick[half:]], spec))
+    gate = {"spoiled_to_twin": gate["mine_to_copy"], "clean_to_twin": gate["other_to_copy"], "faces": int(len(pick))}
+    log(f"  the gate gives the twin stem {gate['spoiled_to_twin'] * 100:.1f}% of the weight on spoiled faces and "
+        f"{gate['clean_to_twin'] * 100:.1f}% on clean ones")
+    log(f"measuring on {len(val.labels)} val faces of {val.report.source}, clean and under the ten conditions")
+    figures = {"base": robustness(teacher, val.images, val.labels, spec),
+               "twin": robustness(model.twin_logits, val.images, val.labels, spec),
+               "hardened": robustness(model, val.images, val.labels, spec)}
+    for who, f in figures.items():
+        log(f"  {who:9s} clean {f['clean'] * 100:.2f}%  mean of the ten {f['mean'] * 100:.2f}%  worst {f['worst'] * 100:.2f}% "
+            f"({f['worst_condition']})")
+    args = {"base": {"arch": base_ck["arch"], "arch_args": base_ck["arch_args"]}, "split": split, "size": spec.size,
+            "mean": spec.mean, "std": spec.std}
+    metrics = {"best": {"val_accuracy": figures["hardened"]["clean"]}, "robustness": figures}
+    ck = make_checkpoint(model, "dual-stem", args, base_ck["input"], {**(base_ck.get("config") or {}), "harden": recipe},
+                         base_ck.get("data") or {}, metrics, gate=gate)
+    save_atomic(ck, run_dir / "model.pt")
+    log(f"wrote {run_dir / 'model.pt'}; export it with emo-export {run_dir / 'model.pt'}")
+    return run_dir

@@ -1,0 +1,99 @@
+"""The network of a hardened model (``emo-train harden``, :mod:`emo.train.harden`): a trained emonet
+whose first blocks (the stem) get a twin trained on spoiled faces, and a quality gate that sends
+each face through the stem that suits it.
+
+A camera spoils a face in the first layers' terms: blur and a small face take the fine edges away,
+noise and JPEG add false ones. The twin stem learns to turn a spoiled face into what the original
+stem makes of the clean one, while the rest of the network stays as it was; so clean faces keep
+the original's answers exactly and spoiled ones get a stem made for them. The gate is a logistic
+regression on measures of sharpness, noise and blockiness, a 12x12 thumbnail and the original
+stem's pooled output; its nodes are named ``/gate/...`` in ONNX and stay in float in the int8
+model. The two stems' outputs are mixed by the gate's weight and the rest of the network runs once,
+so the cost is one more stem per face. ``build_model("dual-stem", base=..., split=...)`` builds one."""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from emo.edge_runtime.errors import EmoError
+
+THUMB = 12  # the thumbnail's side
+MEASURES = 12  # the log-measures of QualityGate.measures
+
+
+class QualityGate(nn.Module):
+    """``sigmoid(linear([log-measures, thumbnail, pooled stem output]))``: the weight of the twin
+    stem for each face. ``mean``/``std`` undo the input's normalisation."""
+
+    def __init__(self, learnt: int, size: int = 48, mean: float = 0.5, std: float = 0.25):
+        super().__init__()
+        if size % THUMB:
+            raise EmoError(f"dual-stem: the input size ({size}) must be a multiple of {THUMB}")
+        self.pool, self.mean, self.std = size // THUMB, float(mean), float(std)
+        self.register_buffer("laplace", torch.tensor([[[[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]]]]))
+        self.linear = nn.Linear(MEASURES + THUMB * THUMB + learnt, 1)
+
+    def measures(self, px: torch.Tensor) -> torch.Tensor:
+        """Sharpness (Laplacian, gradients, second differences), noise (the finest Haar
+        coefficient, what a 3x3 mean leaves), JPEG's 8-pixel block edges, and the face's spread."""
+        lap = F.conv2d(px, self.laplace)
+        dx, dy = (px[..., :, 1:] - px[..., :, :-1]).abs(), (px[..., 1:, :] - px[..., :-1, :]).abs()
+        cols, rows = dx.mean((1, 2)), dy.mean((1, 3))  # (N, W-1), (N, H-1)
+        haar = px[..., ::2, ::2] - px[..., 1::2, ::2] - px[..., ::2, 1::2] + px[..., 1::2, 1::2]
+        rest = px - F.avg_pool2d(px, 3, stride=1, padding=1, count_include_pad=False)
+        d2x = (px[..., :, 2:] - 2 * px[..., :, 1:-1] + px[..., :, :-2]).abs()
+        q = torch.stack([lap.abs().mean((1, 2, 3)), lap.pow(2).mean((1, 2, 3)).sqrt(), cols.mean(1), rows.mean(1),
+                         haar.abs().mean((1, 2, 3)), rest.abs().mean((1, 2, 3)), rest.pow(2).mean((1, 2, 3)).sqrt(),
+                         cols[:, 7::8].mean(1), rows[:, 7::8].mean(1), d2x.mean((1, 2, 3)), px.std((1, 2, 3)),
+                         px.mean((1, 2, 3))], 1)
+        return torch.log(q + 1e-4)
+
+    def features(self, x: torch.Tensor, learnt: torch.Tensor) -> torch.Tensor:
+        px = x * self.std + self.mean  # the face in [0, 1]
+        return torch.cat([self.measures(px), F.avg_pool2d(px, self.pool).flatten(1), learnt], 1)
+
+    def forward(self, x: torch.Tensor, learnt: torch.Tensor) -> torch.Tensor:
+        """The twin stem's weight per face, ``(N, 1, 1, 1)`` (called as a module, so that its ONNX
+        nodes are named ``/gate/...``)."""
+        return torch.sigmoid(self.linear(self.features(x, learnt)))[:, :, None, None]
+
+
+class DualStem(nn.Module):
+    """``net`` (an emonet) with a twin of ``net.features[:split]`` and the gate that mixes the two
+    stems' outputs per face; the rest of ``net`` runs once on the mix. Output: logits."""
+
+    def __init__(self, net: nn.Module, split: int, size: int = 48, mean: float = 0.5, std: float = 0.25):
+        super().__init__()
+        if not hasattr(net, "features") or not 0 < split < len(net.features):
+            raise EmoError(f"dual-stem: split must name one of the base's blocks, 1..{len(getattr(net, 'features', [])) - 1}, "
+                           f"not {split}")
+        self.net, self.split = net, int(split)
+        self.twin = copy.deepcopy(net.features[:split])
+        with torch.no_grad():  # a copy in eval mode: a probe must not move the stem's BatchNorm statistics
+            width = copy.deepcopy(self.twin).eval()(torch.zeros(1, 1, size, size)).shape[1]
+        self.gate = QualityGate(width, size, mean, std)
+
+    def stems(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.net.features[: self.split](x), self.twin(x)
+
+    def rest(self, h: torch.Tensor) -> torch.Tensor:
+        return self.net.head(self.net.features[self.split :](h))
+
+    def twin_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The network with the twin stem alone (what `emo-train harden` trains)."""
+        return self.rest(self.twin(x))
+
+    def gate_inputs(self, x: torch.Tensor) -> torch.Tensor:
+        return self.gate.features(x, self.net.features[: self.split](x).mean((2, 3)))
+
+    def routed(self, x: torch.Tensor) -> torch.Tensor:
+        """The gate's weight of the twin stem, per face."""
+        return self.gate(x, self.net.features[: self.split](x).mean((2, 3)))[:, 0, 0, 0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, t = self.stems(x)
+        g = self.gate(x, h.mean((2, 3)))
+        return self.rest(h + g * (t - h))
