@@ -100,7 +100,8 @@ def prepare(ckpt: Path, opts: ExportOptions, log: Callable[[str], None]) -> Expo
         calib_src = resolve_data(opts.calib_data, ck, "calibration", "--calib-data")
         val_src = resolve_data(opts.val_data or opts.calib_data, ck, "verification", "--val-data")
         calib, val = load_faces(calib_src, val_src, spec.size, opts, log)
-    if ck["arch"] == "dual-stem":
+    members = (ck.get("arch_args") or {}).get("members") or [] if ck["arch"] == "ensemble" else [ck]
+    if any(m.get("arch") == "dual-stem" for m in members):  # emo-train harden: a twin stem reads spoiled faces
         calib = with_spoiled(calib, opts.seed, log)
     return ExportJob(ckpt, ck, model, spec, out_dir, opts.name or ckpt.stem, calib, val, opts)
 

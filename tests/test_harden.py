@@ -62,7 +62,7 @@ def test_a_fresh_twin_changes_nothing_and_the_gate_tells_spoiled_faces(tmp_path)
 
 
 def test_harden_trains_measures_resumes_and_exports(tmp_path, monkeypatch, capfd, synthetic_fer):
-    args = ["harden", "models/emo_default.pt", "--data", str(synthetic_fer), "--out", str(tmp_path), "--name", "hard",
+    args = ["harden", "models/large/emonet-kd3-bn.pt", "--data", str(synthetic_fer), "--out", str(tmp_path), "--name", "hard",
             "--epochs", "1", "--batch-size", "64", "--threads", "1", "--no-progress"]
     code, out, err = emo_train_here(monkeypatch, capfd, *args)
     assert code == 0, err + out
@@ -72,12 +72,12 @@ def test_harden_trains_measures_resumes_and_exports(tmp_path, monkeypatch, capfd
     figures = ck["metrics"]["robustness"]
     assert set(figures) == {"base", "twin", "hardened"}
     assert all(0 <= f["worst"] <= f["mean"] <= 1 and 0 <= f["clean"] <= 1 for f in figures.values())
-    base = load_checkpoint("models/emo_default.pt")["state_dict"]
+    base = load_checkpoint("models/large/emonet-kd3-bn.pt")["state_dict"]
     twin = {k.split(".", 1)[1]: v for k, v in ck["state_dict"].items() if k.startswith("twin.")}
     assert any(not torch.equal(v, base[f"features.{k}"]) for k, v in twin.items() if v.is_floating_point())  # it learnt
     assert "hardened" in out and "mean of the ten" in out
     code, out, err = emo_train_here(monkeypatch, capfd, *args)  # a rerun finds its last.pt: nothing to train again
-    assert code == 0 and "resuming" in out + err
+    assert code == 0 and "has trained its 1 epoch;" in out + err
     r = run_cli("emo-export", run / "model.pt", "--val-size", "140", "--calib-size", "140", "--calib-method", "minmax")
     assert r.returncode == 0, r.stderr + r.stdout
     assert "spoiled copy" in r.stdout + r.stderr
@@ -92,6 +92,6 @@ def test_harden_refuses_what_it_cannot_harden(tmp_path, monkeypatch, capfd, synt
     code, out, err = emo_train_here(monkeypatch, capfd, "fit", "--data", str(synthetic_fer), "--set", "arch=dual-stem",
                                     "--out", str(tmp_path), "--no-progress")
     assert code != 0 and "Traceback" not in err and "emo-train harden" in err
-    code, out, err = emo_train_here(monkeypatch, capfd, "harden", "models/emo_default.pt", "--data", str(tmp_path / "nowhere"),
+    code, out, err = emo_train_here(monkeypatch, capfd, "harden", "models/large/emonet-kd3-bn.pt", "--data", str(tmp_path / "nowhere"),
                                     "--out", str(tmp_path), "--no-progress")
     assert code != 0 and "Traceback" not in err

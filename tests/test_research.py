@@ -44,8 +44,8 @@ echo "best val accuracy 0.5 at epoch 1"
 
 def test_reproduce_heldout_trains_teachers_jobs_at_a_time_then_students(tmp_path):
     (tmp_path / "research" / "configs").mkdir(parents=True)
-    (tmp_path / "models").mkdir()
-    (tmp_path / "models" / "emo_default.pt").write_bytes(b"")
+    (tmp_path / "models" / "large").mkdir(parents=True)
+    (tmp_path / "models" / "large" / "emonet-kd3-bn.pt").write_bytes(b"")
     script = (REPO / "research" / "configs" / "reproduce-heldout.sh").read_text()
     (tmp_path / "research" / "configs" / "reproduce-heldout.sh").write_text(script)
     fake = tmp_path / "bin" / "emo-train"
@@ -94,7 +94,7 @@ def test_reproduce_heldout_trains_teachers_jobs_at_a_time_then_students(tmp_path
     # then the two candidates that MODEL_CARD.md's rules judge: large + emonet-wkh, and emonet-kdh
     after = [c for c in calls if not c.startswith(("start", "end"))]
     assert after == ["recalibrate runs/emonet-wkh/model.pt",
-                     "ensemble models/emo_default.pt models/large/emonet-wkd-bn.pt models/large/emonet-dkd-bn.pt "
+                     "ensemble models/large/emonet-kd3-bn.pt models/large/emonet-wkd-bn.pt models/large/emonet-dkd-bn.pt "
                      "runs/emonet-wkh-bn/model.pt --data DATA --out runs --name emonet-large-h --half",
                      "export runs/emonet-large-h/model.pt --calib-data DATA --calib-size 1000",
                      "recalibrate runs/emonet-kdh/model.pt",

@@ -176,14 +176,15 @@ def ensemble(
 
 @app.command()
 def harden(
-    checkpoint: Path = typer.Argument(..., help="model.pt of a trained emonet (e.g. models/emo_default.pt)."),
+    checkpoint: Path = typer.Argument(..., help="model.pt of a trained emonet (e.g. models/large/emonet-kd3-bn.pt, the default before hardening)."),
     data: str = typer.Option(..., help="FER2013 root or fer2013.csv: its training faces teach the twin stem and the gate, its val faces give the figures."),
     out: str = typer.Option("runs", help="Folder for runs."),
-    name: str = typer.Option("", help="Run name: writes OUT/NAME/model.pt (default: the checkpoint's folder name + -hardened)."),
+    name: str = typer.Option("", help="Run name: writes OUT/NAME/model.pt (default: the checkpoint's name, or its folder's for a model.pt, + -hardened)."),
     split: int = typer.Option(5, help="How many of the network's first blocks get a twin (emonet: 5 is up to the 12x12 stage, 15% more weights)."),
-    epochs: int = typer.Option(4, help="Passes over the training faces (about 4 minutes each for the default on one core)."),
+    epochs: int = typer.Option(5, help="Passes over the training faces (about 3-4 minutes each for the default on one core)."),
     lr: float = typer.Option(1e-3, help="Peak learning rate of the twin stem (cosine, 5% warm-up)."),
     batch_size: int = typer.Option(128, help="Faces per step."),
+    spoil: float = typer.Option(0.7, help="Share of the twin's training faces spoiled; the rest it sees clean, and learns to read them as the original stem does (the gate sends it some clean faces too)."),
     seed: int = typer.Option(0, help="Seed of the permutation, the spoiling and the gate's faces."),
     threads: Optional[int] = typer.Option(None, help="CPU threads for torch (0: default)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars."),
@@ -206,7 +207,7 @@ def harden(
     if threads:
         torch.set_num_threads(threads)
     try:
-        run_harden(checkpoint, data, out=out, name=name, split=split, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, progress=progress, log=log,
+        run_harden(checkpoint, data, out=out, name=name, split=split, epochs=epochs, lr=lr, batch_size=batch_size, spoil=spoil, seed=seed, progress=progress, log=log,
                    resume_hint=shlex.join(["emo-train", *sys.argv[1:]]))
     except Stop:
         raise typer.Exit(130)

@@ -41,7 +41,7 @@ from .gated import gated_config, pair_up
 from .trainer import RESUME_OVERRIDABLE, train
 
 REPO = Path(__file__).resolve().parents[1]
-BASES = {"tiny": REPO / "models" / "emo_tiny.pt", "default": REPO / "models" / "emo_default.pt"}
+BASES = {"tiny": REPO / "models" / "emo_tiny.pt", "default": REPO / "models" / "large" / "emonet-kd3-bn.pt"}
 RECIPE = REPO / "configs" / "finetune.toml"
 NO_REPLAY = ("none", "off", "no")
 KD_WITHOUT_REPLAY = 0.5  # with no FER2013 faces to replay, the base teaches on the user's faces with this weight (unless --set kd_alpha)

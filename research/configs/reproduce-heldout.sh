@@ -19,7 +19,7 @@ shift $(( $# >= 2 ? 2 : 1 ))
 out=runs
 if [ ! -e "$out/emonet-kd3-bn/model.pt" ]; then  # the teachers distil the default, as reproduce-ladder.sh links it
   mkdir -p "$out/emonet-kd3-bn"
-  ln -s "$(pwd)/models/emo_default.pt" "$out/emonet-kd3-bn/model.pt"
+  ln -s "$(pwd)/models/large/emonet-kd3-bn.pt" "$out/emonet-kd3-bn/model.pt"
 fi
 stage() {  # stage NAME [fit options]
   local name=$1; shift
@@ -77,7 +77,7 @@ side_by_side student "emonet-wkh emonet-kdh" "$@"  # independent of each other: 
 # int8 71.83%, and emonet-kdh recalibrated against the default's int8 70.44%. Each export prints
 # its fp32 and int8 accuracy and writes export-report.json beside the checkpoint.
 [ -f "$out/emonet-wkh-bn/model.pt" ] || emo-train recalibrate "$out/emonet-wkh/model.pt" --data "$data" --out "$out" --half --no-progress
-[ -f "$out/emonet-large-h/model.pt" ] || emo-train ensemble models/emo_default.pt models/large/emonet-wkd-bn.pt \
+[ -f "$out/emonet-large-h/model.pt" ] || emo-train ensemble models/large/emonet-kd3-bn.pt models/large/emonet-wkd-bn.pt \
   models/large/emonet-dkd-bn.pt "$out/emonet-wkh-bn/model.pt" --data "$data" --out "$out" --name emonet-large-h --half
 emo-export "$out/emonet-large-h/model.pt" --calib-data "$data" --calib-size 1000
 [ -f "$out/emonet-kdh-bn/model.pt" ] || emo-train recalibrate "$out/emonet-kdh/model.pt" --data "$data" --out "$out" --no-progress

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Which members for an ensemble, and how much of a subset's lead is luck.
 
-    python research/scripts/ensemble_subsets.py D=models/emo_default.pt W=models/large/emonet-wkd-bn.pt \
+    python research/scripts/ensemble_subsets.py D=models/large/emonet-kd3-bn.pt W=models/large/emonet-wkd-bn.pt \
         K=models/large/emonet-dkd-bn.pt V=runs/vgg-kd-bn/model.pt --data ../shared/data/fer2013 --baseline D+W+K
 
 Scores every subset of two or more of the given checkpoints on the validation faces (PublicTest)
