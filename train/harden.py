@@ -12,8 +12,6 @@ same command resumes (the permutation and each batch's randomness come from the 
 and the batch)."""
 from __future__ import annotations
 
-import copy
-import math
 import sys
 import time
 from pathlib import Path
@@ -23,17 +21,21 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from emo.edge_runtime.dataset import load_split
+from emo.edge_runtime.dataset import Split, load_split
 from emo.edge_runtime.degrade import CONDITIONS, degrade_images, random_degrade, rotate, summarize
 from emo.edge_runtime.errors import EmoError
 from emo.edge_runtime.preprocess import InputSpec, normalize
 from emo.edge_runtime.stopping import StopFlag
 
 from .checkpoint import file_sha256, load_checkpoint, make_checkpoint, make_run_folder, model_from_checkpoint, save_atomic
+from .config import TrainConfig
+from .distill import frozen, teacher_probs
 from .gated import _batched, fit_gate
-from .models import EmoNet, build_model
+from .models import build_model
+from .optim import lr_factor, set_lr
 from .run import Stop
 
+KD_TEMPERATURE = 2.0
 GATE_FACES = 8000  # spoiled and as many clean training faces the gate is fitted on (4000 left its clean figure 0.15 points to chance)
 
 
@@ -59,13 +61,6 @@ def _batch(images: np.ndarray, rng: np.random.Generator, spoil: float) -> tuple[
     return out, np.stack([random_degrade(im, rng) if rng.random() < spoil else im for im in out])
 
 
-def _lr(base: float, step: int, total: int, warmup: float = 0.05) -> float:
-    w = max(1, int(total * warmup))
-    if step < w:
-        return base * (step + 1) / w
-    return base * 0.5 * (1 + math.cos(math.pi * (step - w) / max(1, total - w)))
-
-
 def robustness(fn: Callable, images: np.ndarray, labels: np.ndarray, spec: InputSpec) -> dict:
     """Accuracy of ``fn`` (a batch of inputs -> logits) on clean faces and under each benchmark
     condition, with the mean and worst of the conditions."""
@@ -83,8 +78,6 @@ def harden(checkpoint: Path, data: str, out: str = "runs", name: str = "", split
     OUT/NAME/model.pt; returns OUT/NAME."""
     base_ck = load_checkpoint(checkpoint)
     model = hardened_from(base_ck, split)
-    if not isinstance(model.net, EmoNet):
-        raise EmoError(f"emo-train harden takes an emonet checkpoint, not {base_ck['arch']}")
     spec = InputSpec.from_dict(base_ck["input"])
     stem = Path(checkpoint).stem if Path(checkpoint).stem != "model" else Path(checkpoint).parent.name
     run_dir = Path(out) / (name or f"{stem}-hardened")
@@ -93,26 +86,37 @@ def harden(checkpoint: Path, data: str, out: str = "runs", name: str = "", split
     val = load_split(data, "val", spec.size)
     recipe = {"base": str(checkpoint), "base_sha256": file_sha256(checkpoint), "data": str(data), "split": split, "epochs": epochs,
               "lr": lr, "batch_size": batch_size, "kd_alpha": kd_alpha, "spoil": spoil, "seed": seed}
-    steps_per_epoch = len(train.labels) // batch_size
-    total = steps_per_epoch * epochs
-    opt = torch.optim.AdamW(model.twin.parameters(), lr=lr, weight_decay=1e-4)
-    state = {"epoch": 0, "batch": 0, "step": 0}
-    last = run_dir / "last.pt"
-    if last.is_file():
-        saved = torch.load(last, map_location="cpu", weights_only=True)
-        if {"spoil": 1.0, **(saved.get("recipe") or {})} != recipe:  # runs from before --spoil spoiled every face
-            raise EmoError(f"{last} is a run with another recipe ({saved.get('recipe')}); pass another --name, or delete {run_dir}")
-        model.twin.load_state_dict(saved["twin"])
-        opt.load_state_dict(saved["optimizer"])
-        state = saved["state"]
-        log(f"resuming {run_dir} at epoch {state['epoch'] + 1}, batch {state['batch']}" if state["epoch"] < epochs else
-            f"{run_dir} has trained its {epochs} epoch{'s' if epochs != 1 else ''}; fitting the gate and measuring again")
-    for p in model.net.parameters():
-        p.requires_grad_(False)
-    model.net.eval()
-    teacher = copy.deepcopy(model.net)
     log(f"hardening {checkpoint}: a twin of its first {split} blocks learns spoiled faces ({len(train.labels)} training faces "
         f"of {train.report.source}, {epochs} epochs); the rest of the network stays as it is")
+    train_twin(model, train, spec, recipe, run_dir / "last.pt", progress, log, resume_hint)
+    gate = fit_quality_gate(model, train, spec, seed, log)
+    log(f"measuring on {len(val.labels)} val faces of {val.report.source}, clean and under the ten conditions")
+    figures = {"base": robustness(model.net, val.images, val.labels, spec),
+               "twin": robustness(model.twin_logits, val.images, val.labels, spec),
+               "hardened": robustness(model, val.images, val.labels, spec)}
+    for who, f in figures.items():
+        log(f"  {who:9s} clean {f['clean'] * 100:.2f}%  mean of the ten {f['mean'] * 100:.2f}%  worst {f['worst'] * 100:.2f}% "
+            f"({f['worst_condition']})")
+    args = {"base": {"arch": base_ck["arch"], "arch_args": base_ck["arch_args"]}, "split": split, "size": spec.size,
+            "mean": spec.mean, "std": spec.std}
+    metrics = {"best": {"val_accuracy": figures["hardened"]["clean"]}, "robustness": figures}
+    ck = make_checkpoint(model, "dual-stem", args, base_ck["input"], {**(base_ck.get("config") or {}), "harden": recipe},
+                         base_ck.get("data") or {}, metrics, gate=gate)
+    save_atomic(ck, run_dir / "model.pt")
+    log(f"wrote {run_dir / 'model.pt'}; export it with emo-export {run_dir / 'model.pt'}")
+    return run_dir
+
+
+def train_twin(model: torch.nn.Module, train: Split, spec: InputSpec, recipe: dict, last: Path, progress: bool, log: Callable,
+               resume_hint: str) -> None:
+    """The twin stem's epochs (continuing ``last`` when it holds this recipe's progress); the rest
+    of the network, frozen, teaches it. Ctrl-C saves progress to ``last`` and raises :class:`Stop`."""
+    epochs, batch_size, seed = recipe["epochs"], recipe["batch_size"], recipe["seed"]
+    steps_per_epoch = len(train.labels) // batch_size
+    schedule = TrainConfig(schedule="cosine", warmup_epochs=0.05 * epochs)
+    opt = torch.optim.AdamW(model.twin.parameters(), lr=recipe["lr"], weight_decay=1e-4)
+    state = _resume(model, opt, recipe, last, log)
+    teacher = frozen(model.net).eval()
     stop = StopFlag().install()
     from tqdm import tqdm
 
@@ -127,14 +131,12 @@ def harden(checkpoint: Path, data: str, out: str = "runs", name: str = "", split
             torch.manual_seed(seed * 1_000_003 + e)
             for b in range(state["batch"], steps_per_epoch):
                 idx = perm[b * batch_size : (b + 1) * batch_size]
-                clean, spoiled = _batch(train.images[idx], np.random.default_rng([seed, e, b]), spoil)
-                with torch.no_grad():
-                    target = F.softmax(teacher(torch.from_numpy(normalize(clean, spec))) / 2, 1)
+                clean, spoiled = _batch(train.images[idx], np.random.default_rng([seed, e, b]), recipe["spoil"])
+                target = teacher_probs([teacher], torch.from_numpy(normalize(clean, spec)), KD_TEMPERATURE, amp=False)
                 y = model.twin_logits(torch.from_numpy(normalize(spoiled, spec)))
-                kd = F.kl_div(F.log_softmax(y / 2, 1), target, reduction="batchmean") * 4
-                loss = kd_alpha * kd + (1 - kd_alpha) * F.cross_entropy(y, torch.from_numpy(train.labels[idx]))
-                for g in opt.param_groups:
-                    g["lr"] = _lr(lr, state["step"], total)
+                kd = F.kl_div(F.log_softmax(y / KD_TEMPERATURE, 1), target, reduction="batchmean") * KD_TEMPERATURE ** 2
+                loss = recipe["kd_alpha"] * kd + (1 - recipe["kd_alpha"]) * F.cross_entropy(y, torch.from_numpy(train.labels[idx]))
+                set_lr(opt, recipe["lr"] * lr_factor(schedule, state["step"], steps_per_epoch * epochs, steps_per_epoch))
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -146,36 +148,46 @@ def harden(checkpoint: Path, data: str, out: str = "runs", name: str = "", split
                     raise Stop(stop.reason)
             bar.close()
             state = {"epoch": e + 1, "batch": 0, "step": state["step"]}
-            save_atomic({"recipe": recipe, "twin": model.twin.state_dict(), "optimizer": opt.state_dict(), "state": state}, last)
+            _save_progress(last, recipe, model, opt, state)
             log(f"epoch {e + 1}/{epochs}: loss {np.mean(seen_loss):.4f} | {time.time() - t0:.0f}s")
     except Stop as s:
-        save_atomic({"recipe": recipe, "twin": model.twin.state_dict(), "optimizer": opt.state_dict(), "state": state}, last)
+        _save_progress(last, recipe, model, opt, state)
         log(f"stopped by {s}; progress saved to {last}. Continue with: {resume_hint or 'the same command again'}")
         raise
     finally:
         stop.restore()
     model.eval()
+
+
+def _resume(model: torch.nn.Module, opt: torch.optim.Optimizer, recipe: dict, last: Path, log: Callable) -> dict:
+    """The run state in ``last`` (the twin and the optimiser restored from it), or a fresh one."""
+    if not last.is_file():
+        return {"epoch": 0, "batch": 0, "step": 0}
+    saved = torch.load(last, map_location="cpu", weights_only=True)
+    if {"spoil": 1.0, **(saved.get("recipe") or {})} != recipe:  # runs from before --spoil spoiled every face
+        raise EmoError(f"{last} is a run with another recipe ({saved.get('recipe')}); pass another --name, or delete {last.parent}")
+    model.twin.load_state_dict(saved["twin"])
+    opt.load_state_dict(saved["optimizer"])
+    state, epochs = saved["state"], recipe["epochs"]
+    log(f"resuming {last.parent} at epoch {state['epoch'] + 1}, batch {state['batch']}" if state["epoch"] < epochs else
+        f"{last.parent} has trained its {epochs} epoch{'s' if epochs != 1 else ''}; fitting the gate and measuring again")
+    return state
+
+
+def _save_progress(last: Path, recipe: dict, model: torch.nn.Module, opt: torch.optim.Optimizer, state: dict) -> None:
+    save_atomic({"recipe": recipe, "twin": model.twin.state_dict(), "optimizer": opt.state_dict(), "state": state}, last)
+
+
+def fit_quality_gate(model: torch.nn.Module, train: Split, spec: InputSpec, seed: int, log: Callable) -> dict:
+    """Fit the gate on ``GATE_FACES`` spoiled training faces against as many clean ones; returns
+    how it routes them."""
     rng = np.random.default_rng([seed, 1 << 20])
     pick = rng.choice(len(train.labels), min(2 * GATE_FACES, len(train.labels)), replace=False)
     half = len(pick) // 2
     spoiled = np.stack([random_degrade(im, rng) for im in train.images[pick[:half]]])
     log(f"fitting the quality gate: {half} spoiled training faces against {len(pick) - half} clean ones")
-    gate = fit_gate(model, normalize(spoiled, spec), normalize(train.images[pick[half:]], spec))
-    gate = {"spoiled_to_twin": gate["mine_to_copy"], "clean_to_twin": gate["other_to_copy"], "faces": int(len(pick))}
+    stats = fit_gate(model, normalize(spoiled, spec), normalize(train.images[pick[half:]], spec))
+    gate = {"spoiled_to_twin": stats["mine_to_copy"], "clean_to_twin": stats["other_to_copy"], "faces": int(len(pick))}
     log(f"  the gate gives the twin stem {gate['spoiled_to_twin'] * 100:.1f}% of the weight on spoiled faces and "
         f"{gate['clean_to_twin'] * 100:.1f}% on clean ones")
-    log(f"measuring on {len(val.labels)} val faces of {val.report.source}, clean and under the ten conditions")
-    figures = {"base": robustness(teacher, val.images, val.labels, spec),
-               "twin": robustness(model.twin_logits, val.images, val.labels, spec),
-               "hardened": robustness(model, val.images, val.labels, spec)}
-    for who, f in figures.items():
-        log(f"  {who:9s} clean {f['clean'] * 100:.2f}%  mean of the ten {f['mean'] * 100:.2f}%  worst {f['worst'] * 100:.2f}% "
-            f"({f['worst_condition']})")
-    args = {"base": {"arch": base_ck["arch"], "arch_args": base_ck["arch_args"]}, "split": split, "size": spec.size,
-            "mean": spec.mean, "std": spec.std}
-    metrics = {"best": {"val_accuracy": figures["hardened"]["clean"]}, "robustness": figures}
-    ck = make_checkpoint(model, "dual-stem", args, base_ck["input"], {**(base_ck.get("config") or {}), "harden": recipe},
-                         base_ck.get("data") or {}, metrics, gate=gate)
-    save_atomic(ck, run_dir / "model.pt")
-    log(f"wrote {run_dir / 'model.pt'}; export it with emo-export {run_dir / 'model.pt'}")
-    return run_dir
+    return gate

@@ -86,12 +86,16 @@ class DualStem(nn.Module):
         """The network with the twin stem alone (what `emo-train harden` trains)."""
         return self.rest(self.twin(x))
 
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        """The original stem's output, averaged over the face: what the gate learns from."""
+        return self.net.features[: self.split](x).mean((2, 3))
+
     def gate_inputs(self, x: torch.Tensor) -> torch.Tensor:
-        return self.gate.features(x, self.net.features[: self.split](x).mean((2, 3)))
+        return self.gate.features(x, self.pooled(x))
 
     def routed(self, x: torch.Tensor) -> torch.Tensor:
         """The gate's weight of the twin stem, per face."""
-        return self.gate(x, self.net.features[: self.split](x).mean((2, 3)))[:, 0, 0, 0]
+        return self.gate(x, self.pooled(x))[:, 0, 0, 0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, t = self.stems(x)
