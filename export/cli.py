@@ -40,7 +40,7 @@ def export(
     seed: int = typer.Option(D.seed, help="Seed for sampling calibration and validation faces."),
     crop_margin: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="Crop margin per side the runtime adds to face boxes (default: the checkpoint's)."),
     equalize: bool = typer.Option(D.equalize, "--equalize/--no-equalize", help="Equalise depthwise-separable activation ranges on the calibration faces before int8 (same function, less int8 error)."),
-    temperature: Optional[float] = typer.Option(None, min=0.05, max=20.0, help="Softmax temperature stored in the model (default: fitted on the verification faces so confidence matches accuracy; 1 keeps the raw logits)."),
+    temperature: Optional[float] = typer.Option(None, min=0.05, max=20.0, help="Softmax temperature stored in the model (default: fitted on the verification faces and a spoiled copy of each, as a camera gives them, so confidence matches accuracy; 1 keeps the raw logits)."),
     robustness: bool = typer.Option(D.robustness, "--robustness/--no-robustness", help="Also report int8 accuracy under the ten degraded conditions of `emo-edge evaluate --degrade all`."),
     verbose: bool = VERBOSE, quiet: bool = QUIET, version: Optional[bool] = version_option("emo-export"),
 ) -> None:

@@ -36,10 +36,10 @@ from emo.train.models import count_macs, count_params
 
 from .convert import METHODS, latency_pair, quantize, run_onnx, torch_to_onnx, write_ort
 from .equalize import equalize_separable
-from .splits import load_faces, own_faces, resolve_data, with_spoiled
+from .splits import load_faces, own_faces, resolve_data, spoiled_copies, with_spoiled
 from .onnxfile import stamp_metadata
 from .options import ExportOptions, Gates  # noqa: F401 (Gates: imported from here too)
-from .verification import calibrate_confidence, check_gates, format_report, robustness  # noqa: F401 (format_report: the CLI's)
+from .verification import calibrate_confidence, check_gates, confidence_line, format_report, robustness  # noqa: F401 (format_report: the CLI's)
 
 
 @dataclass
@@ -141,10 +141,9 @@ def verify(job: ExportJob, fp32: Path, int8_candidates: dict[str, Path], log: Ca
     res["calibration"] = {"method": method, "faces": int(len(job.calib.labels)), "data": job.calib.report.source,
                           "per_channel": job.opts.per_channel, "equalize": job.opts.equalize}
     res["verification_data"] = job.val.report.source
-    res["confidence"] = calibrate_confidence(outs[method], labels, job.opts.temperature)
-    c = res["confidence"]
-    why = f" (not fitted: {c['not_fitted']})" if "not_fitted" in c else ""
-    log(f"confidence: temperature {c['temperature']:.3f}{why}, ECE (15 bins) {c['ece_before']:.4f} -> {c['ece_after']:.4f}")
+    spoiled = run_onnx(int8_candidates[method], normalize(spoiled_copies(job.val.images, [job.opts.seed, 2]), job.spec))
+    res["confidence"] = calibrate_confidence(outs[method], labels, job.opts.temperature, spoiled)
+    log(f"confidence: {confidence_line(res['confidence'])}")
     if job.opts.robustness:
         res["robustness_int8"] = robustness(int8_candidates[method], job.val, job.spec)
         log(f"int8 under the ten degraded conditions: mean {res['robustness_int8']['mean'] * 100:.2f}%, "

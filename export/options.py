@@ -35,6 +35,6 @@ class ExportOptions:
     seed: int = 0  # for sampling calibration and validation faces
     crop_margin: Optional[float] = None  # override the checkpoint's crop margin for the runtime
     equalize: bool = True  # equalise depthwise-separable activation ranges before int8 (export/equalize.py)
-    temperature: Optional[float] = None  # None: fitted on the verification faces (int8 logits); 1.0: none
+    temperature: Optional[float] = None  # None: fitted on the verification faces and a spoiled copy of each (int8 logits); 1.0: none
     robustness: bool = True  # also score int8 under the robustness benchmark's conditions (emo.edge_runtime.degrade)
     gates: Gates = field(default_factory=Gates)

@@ -73,10 +73,15 @@ def own_faces(ck: dict, ckpt: Path, opts: ExportOptions, log: Callable[[str], No
 def with_spoiled(calib: Split, seed: int, log: Callable[[str], None]) -> Split:
     """A hardened model (``emo-train harden``): its twin stem reads spoiled faces, so int8 is
     calibrated on each calibration face and a spoiled copy of it as well."""
-    rng = np.random.default_rng(seed)
-    spoiled = Split(np.stack([random_degrade(im, rng) for im in calib.images]), calib.labels, calib.report)
+    spoiled = Split(spoiled_copies(calib.images, seed), calib.labels, calib.report)
     log(f"  and a spoiled copy of each of those {len(calib.labels)} faces (the hardened model's twin stem reads faces like them)")
     return join_splits(calib, spoiled)
+
+
+def spoiled_copies(images: np.ndarray, seed) -> np.ndarray:
+    """Each face spoiled once by a random camera (:func:`random_degrade`), reproducibly from ``seed``."""
+    rng = np.random.default_rng(seed)
+    return np.stack([random_degrade(im, rng) for im in images]) if len(images) else images.copy()
 
 
 def _sample(split: Split, n: int, seed: int) -> Split:

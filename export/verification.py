@@ -43,26 +43,37 @@ def check_gates(ref_logits: np.ndarray, fp32_logits: np.ndarray, int8_logits: np
 MIN_TEMPERATURE_FACES = 50  # fewer verification faces than this give a temperature by chance
 
 
-def calibrate_confidence(logits: np.ndarray, labels: np.ndarray, temperature: Optional[float]) -> dict:
+def calibrate_confidence(logits: np.ndarray, labels: np.ndarray, temperature: Optional[float],
+                         spoiled: Optional[np.ndarray] = None) -> dict:
     """The temperature the runtime divides the logits by (``temperature``, or fitted on these
-    labelled faces), with the expected calibration error before (T = 1) and after. A fit that the
-    faces cannot support (too few, or every one right, where sharpening without end always looks
-    better) keeps T = 1 and says why."""
-    t, why = (float(temperature), "") if temperature is not None else (1.0, unfit_reason(logits, labels))
+    labelled faces), with the expected calibration error before (T = 1) and after.
+
+    ``spoiled``: the logits of a spoiled copy of each face (same labels). A camera's faces are
+    seldom clean, so the temperature is then fitted on both; the ECE is reported on each.
+    A fit that the faces cannot support (too few, or every one right, where sharpening without
+    end always looks better) keeps T = 1 and says why."""
+    both, both_labels = logits, labels
+    if spoiled is not None and len(spoiled):
+        both, both_labels = np.concatenate([logits, spoiled]), np.concatenate([labels, labels])
+    t, why = (float(temperature), "") if temperature is not None else (1.0, unfit_reason(both, both_labels, len(labels)))
     if temperature is None and not why:
-        t = fit_temperature(logits, labels)
-    out = {"temperature": round(t, 4), "fitted": temperature is None and not why,
-           "ece_before": round(expected_calibration_error(_softmax(logits), labels), 4),
-           "ece_after": round(expected_calibration_error(_softmax(logits / t), labels), 4)}
+        t = fit_temperature(both, both_labels)
+    ece = lambda z, tt: round(expected_calibration_error(_softmax(z / tt), labels), 4)  # noqa: E731
+    out = {"temperature": round(t, 4), "fitted": temperature is None and not why, "ece_before": ece(logits, 1.0),
+           "ece_after": ece(logits, t)}
+    if both is not logits:
+        out.update(spoiled_faces=True, ece_spoiled_before=ece(spoiled, 1.0), ece_spoiled_after=ece(spoiled, t))
     if why:
         out["not_fitted"] = why
     return out
 
 
-def unfit_reason(logits: np.ndarray, labels: np.ndarray) -> str:
-    """Why no temperature should be fitted on these faces ('' when one can be)."""
-    if len(labels) < MIN_TEMPERATURE_FACES:
-        return f"only {len(labels)} verification faces (a temperature needs {MIN_TEMPERATURE_FACES})"
+def unfit_reason(logits: np.ndarray, labels: np.ndarray, faces: Optional[int] = None) -> str:
+    """Why no temperature should be fitted on these faces ('' when one can be); ``faces``: how
+    many distinct faces they are (spoiled copies add none)."""
+    faces = len(labels) if faces is None else faces
+    if faces < MIN_TEMPERATURE_FACES:
+        return f"only {faces} verification faces (a temperature needs {MIN_TEMPERATURE_FACES})"
     if bool((np.asarray(logits).argmax(1) == np.asarray(labels)).all()):
         return "every verification face is right, so a sharper softmax always fits better: no temperature is best"
     return ""
@@ -82,6 +93,17 @@ def robustness(int8: Path, val: Split, spec: InputSpec) -> dict:
                                                                     for k, v in summarize(acc, CONDITIONS).items()}}
 
 
+def confidence_line(c: dict) -> str:
+    """One line on the temperature: how it was chosen, and the ECE before and after."""
+    spoiled = c.get("spoiled_faces")
+    how = (("fitted on the verification faces" + (" and a spoiled copy of each" if spoiled else "")) if c["fitted"] else
+           f"not fitted: {c['not_fitted']}" if "not_fitted" in c else "given")
+    line = f"temperature {c['temperature']:g} ({how}); ECE (15 bins) {c['ece_before']:.4f} -> {c['ece_after']:.4f}"
+    if spoiled:
+        line = line.replace("ECE (15 bins)", "ECE (15 bins) clean") + f", spoiled {c['ece_spoiled_before']:.4f} -> {c['ece_spoiled_after']:.4f}"
+    return line
+
+
 def format_report(r: dict) -> str:
     b = r["bytes"]
     lat = r["latency_ms_1thread"]
@@ -94,9 +116,7 @@ def format_report(r: dict) -> str:
     lines = ["".join(f"{c:<28}" if i == 0 else f"{c:>14}" for i, c in enumerate(row)) for row in rows]
     lines.append(f"int8/fp32 latency ratio {lat['int8_over_fp32']:.2f}; calibration {r['calibration']['method']} on {r['calibration']['faces']} faces")
     c = r["confidence"]
-    how = "fitted on the verification faces" if c["fitted"] else f"not fitted: {c['not_fitted']}" if "not_fitted" in c else "given"
-    lines.append(f"confidence: temperature {c['temperature']:g} ({how}); "
-                 f"ECE (15 bins) {c['ece_before']:.4f} -> {c['ece_after']:.4f}")
+    lines.append(f"confidence: {confidence_line(r['confidence'])}")
     if "robustness_int8" in r:
         rb = r["robustness_int8"]
         lines.append(f"int8 under degraded faces: mean {rb['mean'] * 100:.2f}%, worst {rb['worst'] * 100:.2f}% ({rb['worst_condition']})")

@@ -48,7 +48,9 @@ def test_metadata_round_trips_into_edge_runtime(seed_run):
 def test_export_fits_a_temperature_and_scores_degraded_faces(seed_run, synthetic_fer):
     rep = json.loads((seed_run / "export-report.json").read_text())
     c = rep["confidence"]
-    assert c["fitted"] and 0.05 <= c["temperature"] <= 20 and c["ece_after"] <= c["ece_before"] + 1e-4
+    assert c["fitted"] and 0.05 <= c["temperature"] <= 20
+    # fitted on the verification faces and a spoiled copy of each: the ECE is reported on both
+    assert c["spoiled_faces"] and all(0 <= c[k] <= 1 for k in ("ece_before", "ece_after", "ece_spoiled_before", "ece_spoiled_after"))
     rb = rep["robustness_int8"]
     assert set(rb["accuracy"]) == {"dark", "bright", "blur", "motion", "jpeg", "face24", "face16", "noise", "rot+15", "rot-15"}
     assert rb["worst"] == min(rb["accuracy"].values()) and rb["worst"] <= rb["mean"] <= max(rb["accuracy"].values())

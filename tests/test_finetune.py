@@ -223,6 +223,29 @@ def test_export_steps_on_a_few_faces():
     wrong = np.eye(7)[labels] * 4.0
     wrong[:30] = np.eye(7)[(labels[:30] + 1) % 7] * 4.0
     assert calibrate_confidence(wrong, labels, None)["fitted"]
+    # with spoiled copies, a copy is not a new face: 40 faces are still too few
+    labels = np.arange(40) % 7
+    c = calibrate_confidence(np.eye(7)[labels] * 4.0, labels, None, spoiled=np.eye(7)[(labels + 1) % 7] * 4.0)
+    assert not c["fitted"] and "only 40" in c["not_fitted"]
+
+
+def test_temperature_fitted_on_spoiled_copies_too():
+    """Calibrated on clean faces but overconfident on spoiled ones: fitting on both softens the
+    softmax and lowers the spoiled faces' calibration error; the report names both."""
+    rng = np.random.default_rng(0)
+    labels = np.arange(700) % 7
+
+    def logits(acc: float, margin: float) -> np.ndarray:
+        pred = np.where(rng.random(len(labels)) < acc, labels, (labels + rng.integers(1, 7, len(labels))) % 7)
+        return np.eye(7)[pred] * margin + rng.normal(0, 0.3, (len(labels), 7))
+
+    clean, spoiled = logits(0.8, 2.5), logits(0.5, 5.0)
+    alone, both = calibrate_confidence(clean, labels, None), calibrate_confidence(clean, labels, None, spoiled=spoiled)
+    assert "spoiled_faces" not in alone and both["spoiled_faces"] and both["fitted"]
+    assert both["temperature"] > alone["temperature"]
+    assert both["ece_spoiled_after"] < both["ece_spoiled_before"] - 0.05
+    assert both["ece_before"] == alone["ece_before"]  # the clean faces' ECE stays the clean faces'
+    assert calibrate_confidence(clean, labels, 2.0, spoiled=spoiled)["temperature"] == 2.0  # a given temperature is kept
     labels = np.arange(40) % 7
     ref = np.eye(7)[labels] * 5.0
     one_off = ref.copy()
