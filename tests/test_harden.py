@@ -95,3 +95,25 @@ def test_harden_refuses_what_it_cannot_harden(tmp_path, monkeypatch, capfd, synt
     code, out, err = emo_train_here(monkeypatch, capfd, "harden", "models/large/emonet-kd3-bn.pt", "--data", str(tmp_path / "nowhere"),
                                     "--out", str(tmp_path), "--no-progress")
     assert code != 0 and "Traceback" not in err
+
+
+def test_harden_with_a_hint_and_other_teachers(tmp_path, monkeypatch, capfd, synthetic_fer):
+    """--hint and --teacher are part of the recipe: recorded in the checkpoint, and a rerun with
+    another recipe is refused rather than mixed; a teacher that names other emotions is refused."""
+    teacher = "models/large/emonet-dkd-bn.pt"
+    args = ["harden", "models/large/emonet-kd3-bn.pt", "--data", str(synthetic_fer), "--out", str(tmp_path), "--name", "hint",
+            "--epochs", "1", "--batch-size", "64", "--threads", "1", "--no-progress", "--hint", "1.5", "--teacher", teacher]
+    code, out, err = emo_train_here(monkeypatch, capfd, *args)
+    assert code == 0, err + out
+    ck = load_checkpoint(tmp_path / "hint" / "model.pt")
+    recipe = ck["config"]["harden"]
+    base = load_checkpoint("models/large/emonet-kd3-bn.pt")["state_dict"]
+    assert all(torch.equal(v, ck["state_dict"][f"net.{k}"]) for k, v in base.items())  # the base, BatchNorm statistics too, untouched
+    assert recipe["hint"] == 1.5 and [t["path"] for t in recipe["teachers"]] == [teacher] and len(recipe["teachers"][0]["sha256"]) == 64
+    code, out, err = emo_train_here(monkeypatch, capfd, *args[:-4])  # same name, no hint, no teacher: another recipe
+    assert code != 0 and "another recipe" in err and "Traceback" not in err
+    ck = torch.load(teacher, map_location="cpu", weights_only=True)
+    ck["labels"] = list(reversed(ck["labels"]))
+    torch.save(ck, tmp_path / "odd.pt")
+    code, out, err = emo_train_here(monkeypatch, capfd, *args[:-1], str(tmp_path / "odd.pt"))
+    assert code != 0 and "other emotions" in err and "Traceback" not in err

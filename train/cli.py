@@ -186,6 +186,8 @@ def harden(
     batch_size: int = typer.Option(128, help="Faces per step."),
     spoil: float = typer.Option(0.7, help="Share of the twin's training faces spoiled; the rest it sees clean, and learns to read them as the original stem does (the gate sends it some clean faces too)."),
     seed: int = typer.Option(0, help="Seed of the permutation, the spoiling and the gate's faces."),
+    hint: float = typer.Option(0.0, min=0.0, help="Weight of a feature hint: the twin's output on the spoiled face is pulled toward the original stem's on the clean face (mean squared error; 0: none)."),
+    teacher: Optional[List[Path]] = typer.Option(None, help="A model.pt that teaches the twin in place of the base, on the clean face (repeat for several: their probabilities are averaged; an ensemble checkpoint works too)."),
     threads: Optional[int] = typer.Option(None, help="CPU threads for torch (0: default)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars."),
 ) -> None:
@@ -207,7 +209,8 @@ def harden(
     if threads:
         torch.set_num_threads(threads)
     try:
-        run_harden(checkpoint, data, out=out, name=name, split=split, epochs=epochs, lr=lr, batch_size=batch_size, spoil=spoil, seed=seed, progress=progress, log=log,
+        run_harden(checkpoint, data, out=out, name=name, split=split, epochs=epochs, lr=lr, batch_size=batch_size, spoil=spoil, seed=seed, hint=hint,
+                   teachers=teacher or (), progress=progress, log=log,
                    resume_hint=shlex.join(["emo-train", *sys.argv[1:]]))
     except Stop:
         raise typer.Exit(130)

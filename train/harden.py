@@ -15,7 +15,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -72,8 +72,8 @@ def robustness(fn: Callable, images: np.ndarray, labels: np.ndarray, spec: Input
 
 
 def harden(checkpoint: Path, data: str, out: str = "runs", name: str = "", split: int = 5, epochs: int = 5, lr: float = 1e-3,
-           batch_size: int = 128, kd_alpha: float = 0.7, spoil: float = 0.7, seed: int = 0, progress: bool = True, log: Callable = print,
-           resume_hint: str = "") -> Path:
+           batch_size: int = 128, kd_alpha: float = 0.7, spoil: float = 0.7, seed: int = 0, hint: float = 0.0,
+           teachers: Sequence[Path] = (), progress: bool = True, log: Callable = print, resume_hint: str = "") -> Path:
     """Train the twin stem (resuming OUT/NAME/last.pt if there), fit the gate, measure, and write
     OUT/NAME/model.pt; returns OUT/NAME."""
     base_ck = load_checkpoint(checkpoint)
@@ -86,6 +86,14 @@ def harden(checkpoint: Path, data: str, out: str = "runs", name: str = "", split
     val = load_split(data, "val", spec.size)
     recipe = {"base": str(checkpoint), "base_sha256": file_sha256(checkpoint), "data": str(data), "split": split, "epochs": epochs,
               "lr": lr, "batch_size": batch_size, "kd_alpha": kd_alpha, "spoil": spoil, "seed": seed}
+    if hint:  # recorded only when used, so runs from before these options resume
+        recipe["hint"] = hint
+    for t in teachers:
+        tck = load_checkpoint(t)
+        if tck["labels"] != base_ck["labels"] or InputSpec.from_dict(tck["input"]) != spec:
+            raise EmoError(f"teacher {t} reads other faces or names other emotions than {checkpoint}; pass a teacher trained like it")
+    if teachers:
+        recipe["teachers"] = [{"path": str(t), "sha256": file_sha256(t)} for t in teachers]
     log(f"hardening {checkpoint}: a twin of its first {split} blocks learns spoiled faces ({len(train.labels)} training faces "
         f"of {train.report.source}, {epochs} epochs); the rest of the network stays as it is")
     train_twin(model, train, spec, recipe, run_dir / "last.pt", progress, log, resume_hint)
@@ -116,7 +124,9 @@ def train_twin(model: torch.nn.Module, train: Split, spec: InputSpec, recipe: di
     schedule = TrainConfig(schedule="cosine", warmup_epochs=0.05 * epochs)
     opt = torch.optim.AdamW(model.twin.parameters(), lr=recipe["lr"], weight_decay=1e-4)
     state = _resume(model, opt, recipe, last, log)
-    teacher = frozen(model.net).eval()
+    base = frozen(model.net).eval()  # the rest of the network stays as it is, BatchNorm statistics included
+    teachers = [frozen(model_from_checkpoint(load_checkpoint(t["path"]))).eval() for t in recipe.get("teachers", [])] or [base]
+    stem = model.net.features[: model.split]
     stop = StopFlag().install()
     from tqdm import tqdm
 
@@ -132,10 +142,16 @@ def train_twin(model: torch.nn.Module, train: Split, spec: InputSpec, recipe: di
             for b in range(state["batch"], steps_per_epoch):
                 idx = perm[b * batch_size : (b + 1) * batch_size]
                 clean, spoiled = _batch(train.images[idx], np.random.default_rng([seed, e, b]), recipe["spoil"])
-                target = teacher_probs([teacher], torch.from_numpy(normalize(clean, spec)), KD_TEMPERATURE, amp=False)
-                y = model.twin_logits(torch.from_numpy(normalize(spoiled, spec)))
+                x_clean = torch.from_numpy(normalize(clean, spec))
+                target = teacher_probs(teachers, x_clean, KD_TEMPERATURE, amp=False)
+                h = model.twin(torch.from_numpy(normalize(spoiled, spec)))
+                y = model.rest(h)
                 kd = F.kl_div(F.log_softmax(y / KD_TEMPERATURE, 1), target, reduction="batchmean") * KD_TEMPERATURE ** 2
                 loss = recipe["kd_alpha"] * kd + (1 - recipe["kd_alpha"]) * F.cross_entropy(y, torch.from_numpy(train.labels[idx]))
+                if recipe.get("hint"):  # the twin's output on the spoiled face against the original stem's on the clean one
+                    with torch.no_grad():
+                        want = stem(x_clean)
+                    loss = loss + recipe["hint"] * F.mse_loss(h, want)
                 set_lr(opt, recipe["lr"] * lr_factor(schedule, state["step"], steps_per_epoch * epochs, steps_per_epoch))
                 opt.zero_grad()
                 loss.backward()
