@@ -3,7 +3,8 @@
 # FER2013 and the clean default model's checkpoint, which the repository keeps (models/large/emonet-kd3-bn.pt):
 #   bash configs/reproduce-ladder.sh ../shared/data/fer2013
 # The recipes read the default model as runs/emonet-kd3-bn/model.pt, the name the default's own
-# chain (reproduce-default.sh) gives it; without that run, this links the kept checkpoint there.
+# chain (reproduce-default.sh) gives it, and the hardened default as runs/emo-default/model.pt;
+# without that run, this links the kept checkpoints there.
 # Each stage is resumable: after Ctrl-C, rerun this script; a stage with a last.pt continues from it.
 # Then export, measure and bundle: see MODEL_CARD.md, "The model ladder".
 set -euo pipefail
@@ -12,6 +13,10 @@ out=runs
 if [ ! -e "$out/emonet-kd3-bn/model.pt" ]; then
   mkdir -p "$out/emonet-kd3-bn"
   ln -s "$(pwd)/models/large/emonet-kd3-bn.pt" "$out/emonet-kd3-bn/model.pt"
+fi
+if [ ! -e "$out/emo-default/model.pt" ]; then  # the hardened default (reproduce-default.sh's last stage)
+  mkdir -p "$out/emo-default"
+  ln -s "$(pwd)/models/emo_default.pt" "$out/emo-default/model.pt"
 fi
 stage() {  # stage NAME CONFIG
   if [ -f "$out/$1/last.pt" ]; then
@@ -36,6 +41,10 @@ emo-export "$out/mini-xception-bn/model.pt" --calib-data "$data" --calib-size 10
 # one command that joins them without retraining.)
 emo-train recalibrate "$out/emonet-wkd/model.pt" --data "$data" --out "$out"
 emo-train recalibrate "$out/emonet-dkd/model.pt" --data "$data" --out "$out"
-emo-train ensemble "$out/emonet-kd3-bn/model.pt" "$out/emonet-wkd-bn/model.pt" "$out/emonet-dkd-bn/model.pt" \
-  --data "$data" --out "$out" --name emonet-large --half
-emo-export "$out/emonet-large/model.pt" --calib-data "$data" --calib-size 1000
+# each member hardened for real cameras (the default by reproduce-default.sh: $out/emo-default),
+# every training face of the twin spoiled; the deep member's stem reaches the 12x12 stage at block 8
+emo-train harden "$out/emonet-wkd-bn/model.pt" --data "$data" --out "$out" --name emonet-wkd-hardened --split 5 --spoil 1
+emo-train harden "$out/emonet-dkd-bn/model.pt" --data "$data" --out "$out" --name emonet-dkd-hardened --split 8 --spoil 1
+emo-train ensemble "$out/emo-default/model.pt" "$out/emonet-wkd-hardened/model.pt" "$out/emonet-dkd-hardened/model.pt" \
+  --data "$data" --out "$out" --name emo-large --half
+emo-export "$out/emo-large/model.pt" --calib-data "$data" --calib-size 1000 --crop-margin 0 --calib-method percentile

@@ -153,6 +153,12 @@ def random_degrade(img: np.ndarray, rng: np.random.Generator, min_px: int = 12) 
     return out
 
 
+def spoiled_copies(images: np.ndarray, seed) -> np.ndarray:
+    """Each face spoiled once by a random camera (:func:`random_degrade`), reproducibly from ``seed``."""
+    rng = np.random.default_rng(seed)
+    return np.stack([random_degrade(im, rng) for im in images]) if len(images) else images.copy()
+
+
 def summarize(accuracies: dict[str, float], names: Sequence[str]) -> dict:
     """``{"mean": .., "worst": .., "worst_condition": ..}`` over the degraded conditions ``names``."""
     vals = {n: accuracies[n] for n in names}

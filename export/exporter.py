@@ -27,6 +27,7 @@ import torch
 from emo.edge_runtime import __version__
 from emo.edge_runtime.classifier import Classifier
 from emo.edge_runtime.dataset import Split
+from emo.edge_runtime.degrade import spoiled_copies
 from emo.edge_runtime.errors import EmoError
 from emo.edge_runtime.files import atomic_write_text
 from emo.edge_runtime.metadata import ModelMetadata
@@ -36,7 +37,7 @@ from emo.train.models import count_macs, count_params
 
 from .convert import METHODS, latency_pair, quantize, run_onnx, torch_to_onnx, write_ort
 from .equalize import equalize_separable
-from .splits import load_faces, own_faces, resolve_data, spoiled_copies, with_spoiled
+from .splits import load_faces, own_faces, resolve_data, with_spoiled
 from .onnxfile import stamp_metadata
 from .options import ExportOptions, Gates  # noqa: F401 (Gates: imported from here too)
 from .verification import calibrate_confidence, check_gates, confidence_line, format_report, robustness  # noqa: F401 (format_report: the CLI's)

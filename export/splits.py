@@ -10,7 +10,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from emo.edge_runtime.dataset import Split, load_split, locate_split, split_key
-from emo.edge_runtime.degrade import random_degrade
+from emo.edge_runtime.degrade import spoiled_copies
 from emo.edge_runtime.errors import EmoError
 from emo.train.data import join_splits, run_group_faces
 
@@ -76,12 +76,6 @@ def with_spoiled(calib: Split, seed: int, log: Callable[[str], None]) -> Split:
     spoiled = Split(spoiled_copies(calib.images, seed), calib.labels, calib.report)
     log(f"  and a spoiled copy of each of those {len(calib.labels)} faces (the hardened model's twin stem reads faces like them)")
     return join_splits(calib, spoiled)
-
-
-def spoiled_copies(images: np.ndarray, seed) -> np.ndarray:
-    """Each face spoiled once by a random camera (:func:`random_degrade`), reproducibly from ``seed``."""
-    rng = np.random.default_rng(seed)
-    return np.stack([random_degrade(im, rng) for im in images]) if len(images) else images.copy()
 
 
 def _sample(split: Split, n: int, seed: int) -> Split:

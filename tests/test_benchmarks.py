@@ -113,3 +113,16 @@ def test_robustness_table_and_face_height_chart(tmp_path, synthetic_fer):
     assert set(row["heights"]) == {f"face{h}" for h in d["heights"]} and row["heights"]["face48"] == row["plain"]["accuracy"]["clean"]
     md = out.with_suffix(".md").read_text()
     assert "| tiny --tta |" in md and "12 px" in md and out.with_suffix(".png").is_file()
+
+
+def test_temperature_fitted_on_clean_and_on_spoiled_faces(tmp_path, synthetic_fer):
+    out = tmp_path / "t.json"
+    run("temperature.py", "tiny", "--data", synthetic_fer, "--out", out)
+    d = json.loads(out.read_text())
+    check_device(d["device"])
+    assert d["n"] == 7 * 20 and set(d["models"]) == {"tiny"}
+    r = d["models"]["tiny"]
+    assert set(r) == {"clean", "both"}
+    for fit in r.values():
+        assert 0.05 <= fit["temperature"] <= 20 and all(0 <= fit[k] <= 1 for k in ("ece_clean", "ece_spoiled"))
+    assert "| tiny |" in out.with_suffix(".md").read_text()

@@ -82,8 +82,11 @@ def test_reproduce_chain_trains_inputs_first():
             assert dep in order and order.index(dep) < order.index(name), f"{name} reads {dep} before it is trained"
     recalibrated = re.search(r'^emo-train recalibrate "\$out/([\w.-]+)/model\.pt" .*--out "\$out"', CHAIN, flags=re.M).group(1)
     assert recalibrated == order[-1]
+    hardened = re.search(r'^emo-train harden "\$out/([\w.-]+)/model\.pt" .*--out "\$out" --name ([\w.-]+)', CHAIN, flags=re.M)
+    assert hardened.group(1) == f"{recalibrated}-bn"  # the recalibrated copy of the last stage is hardened,
     exported = re.search(r'^emo-export "\$out/([\w.-]+)/model\.pt"', CHAIN, flags=re.M).group(1)
-    assert exported == f"{recalibrated}-bn"  # the recalibrated copy of the last stage
+    assert exported == hardened.group(2)  # and that is what is exported
+    assert f'"$out/{exported}/model.pt"' in LADDER  # large's first member
 
 
 def _staged(script: str, folder: str = "configs") -> list[str]:
