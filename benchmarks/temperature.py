@@ -23,19 +23,13 @@ from emo.edge_runtime.classifier import Classifier
 from emo.edge_runtime.dataset import load_split
 from emo.edge_runtime.degrade import spoiled_copies
 from emo.edge_runtime.errors import EmoError
-from emo.edge_runtime.metrics import expected_calibration_error, fit_temperature
+from emo.edge_runtime.metrics import expected_calibration_error, fit_temperature, softmax
 from emo.edge_runtime.preprocess import normalize
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ladder import parse_models  # noqa: E402  (the ladder's LABEL=PATH parsing)
 
 RESULTS = Path("benchmarks") / "results"
-
-
-def softmax(z: np.ndarray, t: float) -> np.ndarray:
-    z = np.asarray(z, np.float64) / t
-    e = np.exp(z - z.max(1, keepdims=True))
-    return e / e.sum(1, keepdims=True)
 
 
 def measure(clf: Classifier, clean: np.ndarray, spoiled: np.ndarray, labels: np.ndarray) -> dict:

@@ -49,6 +49,13 @@ def format_report(rep: dict, title: str = "") -> str:
     return "\n".join(lines)
 
 
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Class probabilities of ``logits / temperature``, row by row (float64)."""
+    z = np.asarray(logits, np.float64) / temperature
+    e = np.exp(z - z.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
 def expected_calibration_error(probs: np.ndarray, y_true: np.ndarray, bins: int = 15) -> float:
     """ECE: the gap between confidence (top probability) and accuracy, averaged over ``bins``
     equal-width confidence bins weighted by how many faces fall in each."""

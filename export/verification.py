@@ -12,7 +12,7 @@ import numpy as np
 
 from emo.edge_runtime.dataset import Split
 from emo.edge_runtime.degrade import CONDITIONS, degrade_images, summarize
-from emo.edge_runtime.metrics import expected_calibration_error, fit_temperature
+from emo.edge_runtime.metrics import expected_calibration_error, fit_temperature, softmax
 from emo.edge_runtime.preprocess import InputSpec, normalize
 
 from .convert import run_onnx
@@ -52,16 +52,16 @@ def calibrate_confidence(logits: np.ndarray, labels: np.ndarray, temperature: Op
     seldom clean, so the temperature is then fitted on both; the ECE is reported on each.
     A fit that the faces cannot support (too few, or every one right, where sharpening without
     end always looks better) keeps T = 1 and says why."""
-    both, both_labels = logits, labels
-    if spoiled is not None and len(spoiled):
-        both, both_labels = np.concatenate([logits, spoiled]), np.concatenate([labels, labels])
+    given = spoiled is not None and len(spoiled) > 0
+    both = np.concatenate([logits, spoiled]) if given else logits
+    both_labels = np.concatenate([labels, labels]) if given else labels
     t, why = (float(temperature), "") if temperature is not None else (1.0, unfit_reason(both, both_labels, len(labels)))
     if temperature is None and not why:
         t = fit_temperature(both, both_labels)
-    ece = lambda z, tt: round(expected_calibration_error(_softmax(z / tt), labels), 4)  # noqa: E731
+    ece = lambda z, tt: round(expected_calibration_error(softmax(z, tt), labels), 4)  # noqa: E731
     out = {"temperature": round(t, 4), "fitted": temperature is None and not why, "ece_before": ece(logits, 1.0),
            "ece_after": ece(logits, t)}
-    if both is not logits:
+    if given:
         out.update(spoiled_faces=True, ece_spoiled_before=ece(spoiled, 1.0), ece_spoiled_after=ece(spoiled, t))
     if why:
         out["not_fitted"] = why
@@ -79,12 +79,6 @@ def unfit_reason(logits: np.ndarray, labels: np.ndarray, faces: Optional[int] = 
     return ""
 
 
-def _softmax(z: np.ndarray) -> np.ndarray:
-    z = np.asarray(z, np.float64)
-    e = np.exp(z - z.max(1, keepdims=True))
-    return e / e.sum(1, keepdims=True)
-
-
 def robustness(int8: Path, val: Split, spec: InputSpec) -> dict:
     """int8 accuracy on the verification faces under each of the benchmark's ten conditions."""
     acc = {name: float((run_onnx(int8, normalize(degrade_images(val.images, name), spec)).argmax(1) == val.labels).mean())
@@ -96,12 +90,12 @@ def robustness(int8: Path, val: Split, spec: InputSpec) -> dict:
 def confidence_line(c: dict) -> str:
     """One line on the temperature: how it was chosen, and the ECE before and after."""
     spoiled = c.get("spoiled_faces")
-    how = (("fitted on the verification faces" + (" and a spoiled copy of each" if spoiled else "")) if c["fitted"] else
+    how = (f"fitted on the verification faces{' and a spoiled copy of each' if spoiled else ''}" if c["fitted"] else
            f"not fitted: {c['not_fitted']}" if "not_fitted" in c else "given")
-    line = f"temperature {c['temperature']:g} ({how}); ECE (15 bins) {c['ece_before']:.4f} -> {c['ece_after']:.4f}"
+    ece = f"{'clean ' if spoiled else ''}{c['ece_before']:.4f} -> {c['ece_after']:.4f}"
     if spoiled:
-        line = line.replace("ECE (15 bins)", "ECE (15 bins) clean") + f", spoiled {c['ece_spoiled_before']:.4f} -> {c['ece_spoiled_after']:.4f}"
-    return line
+        ece += f", spoiled {c['ece_spoiled_before']:.4f} -> {c['ece_spoiled_after']:.4f}"
+    return f"temperature {c['temperature']:g} ({how}); ECE (15 bins) {ece}"
 
 
 def format_report(r: dict) -> str:

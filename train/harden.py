@@ -88,15 +88,12 @@ def harden(checkpoint: Path, data: str, out: str = "runs", name: str = "", split
               "lr": lr, "batch_size": batch_size, "kd_alpha": kd_alpha, "spoil": spoil, "seed": seed}
     if hint:  # recorded only when used, so runs from before these options resume
         recipe["hint"] = hint
-    for t in teachers:
-        tck = load_checkpoint(t)
-        if tck["labels"] != base_ck["labels"] or InputSpec.from_dict(tck["input"]) != spec:
-            raise EmoError(f"teacher {t} reads other faces or names other emotions than {checkpoint}; pass a teacher trained like it")
     if teachers:
         recipe["teachers"] = [{"path": str(t), "sha256": file_sha256(t)} for t in teachers]
+    teacher_models = [_teacher(t, base_ck, checkpoint) for t in teachers]
     log(f"hardening {checkpoint}: a twin of its first {split} blocks learns spoiled faces ({len(train.labels)} training faces "
         f"of {train.report.source}, {epochs} epochs); the rest of the network stays as it is")
-    train_twin(model, train, spec, recipe, run_dir / "last.pt", progress, log, resume_hint)
+    train_twin(model, train, spec, recipe, teacher_models, run_dir / "last.pt", progress, log, resume_hint)
     gate = fit_quality_gate(model, train, spec, seed, log)
     log(f"measuring on {len(val.labels)} val faces of {val.report.source}, clean and under the ten conditions")
     figures = {"base": robustness(model.net, val.images, val.labels, spec),
@@ -115,17 +112,26 @@ def harden(checkpoint: Path, data: str, out: str = "runs", name: str = "", split
     return run_dir
 
 
-def train_twin(model: torch.nn.Module, train: Split, spec: InputSpec, recipe: dict, last: Path, progress: bool, log: Callable,
-               resume_hint: str) -> None:
-    """The twin stem's epochs (continuing ``last`` when it holds this recipe's progress); the rest
-    of the network, frozen, teaches it. Ctrl-C saves progress to ``last`` and raises :class:`Stop`."""
+def _teacher(path: Path, base_ck: dict, base_path: Path) -> torch.nn.Module:
+    """The frozen model of checkpoint ``path``, refused unless it reads the base's faces and names its emotions."""
+    ck = load_checkpoint(path)
+    if ck["labels"] != base_ck["labels"] or InputSpec.from_dict(ck["input"]) != InputSpec.from_dict(base_ck["input"]):
+        raise EmoError(f"teacher {path} reads other faces or names other emotions than {base_path}; pass a teacher trained like it")
+    return frozen(model_from_checkpoint(ck)).eval()
+
+
+def train_twin(model: torch.nn.Module, train: Split, spec: InputSpec, recipe: dict, teachers: list[torch.nn.Module], last: Path,
+               progress: bool, log: Callable, resume_hint: str) -> None:
+    """The twin stem's epochs (continuing ``last`` when it holds this recipe's progress); ``teachers``
+    (or, when there are none, the rest of the network, frozen) teach it. Ctrl-C saves progress to
+    ``last`` and raises :class:`Stop`."""
     epochs, batch_size, seed = recipe["epochs"], recipe["batch_size"], recipe["seed"]
     steps_per_epoch = len(train.labels) // batch_size
     schedule = TrainConfig(schedule="cosine", warmup_epochs=0.05 * epochs)
     opt = torch.optim.AdamW(model.twin.parameters(), lr=recipe["lr"], weight_decay=1e-4)
     state = _resume(model, opt, recipe, last, log)
     base = frozen(model.net).eval()  # the rest of the network stays as it is, BatchNorm statistics included
-    teachers = [frozen(model_from_checkpoint(load_checkpoint(t["path"]))).eval() for t in recipe.get("teachers", [])] or [base]
+    teachers = teachers or [base]
     stem = model.net.features[: model.split]
     stop = StopFlag().install()
     from tqdm import tqdm
