@@ -15,6 +15,7 @@ from emo.edge_runtime.preprocess import InputSpec, normalize
 from emo.export.convert import quantize, run_onnx, torch_to_onnx
 from emo.train.checkpoint import load_checkpoint
 from emo.train.gated import fit_gate
+from emo.train.harden import _batch
 from emo.train.models import build_model
 
 from conftest import emo_train_here, run_cli, synthetic_face
@@ -102,13 +103,15 @@ def test_harden_with_a_hint_and_other_teachers(tmp_path, monkeypatch, capfd, syn
     another recipe is refused rather than mixed; a teacher that names other emotions is refused."""
     teacher = "models/large/emonet-dkd-bn.pt"
     args = ["harden", "models/large/emonet-kd3-bn.pt", "--data", str(synthetic_fer), "--out", str(tmp_path), "--name", "hint",
-            "--epochs", "1", "--batch-size", "64", "--threads", "1", "--no-progress", "--hint", "1.5", "--teacher", teacher]
+            "--epochs", "1", "--batch-size", "64", "--threads", "1", "--no-progress", "--turn", "0.5", "--exposure", "0.3",
+            "--hint", "1.5", "--teacher", teacher]
     code, out, err = emo_train_here(monkeypatch, capfd, *args)
     assert code == 0, err + out
     ck = load_checkpoint(tmp_path / "hint" / "model.pt")
     recipe = ck["config"]["harden"]
     base = load_checkpoint("models/large/emonet-kd3-bn.pt")["state_dict"]
     assert all(torch.equal(v, ck["state_dict"][f"net.{k}"]) for k, v in base.items())  # the base, BatchNorm statistics too, untouched
+    assert recipe["turn"] == 0.5 and recipe["exposure"] == 0.3
     assert recipe["hint"] == 1.5 and [t["path"] for t in recipe["teachers"]] == [teacher] and len(recipe["teachers"][0]["sha256"]) == 64
     code, out, err = emo_train_here(monkeypatch, capfd, *args[:-4])  # same name, no hint, no teacher: another recipe
     assert code != 0 and "another recipe" in err and "Traceback" not in err
@@ -117,3 +120,20 @@ def test_harden_with_a_hint_and_other_teachers(tmp_path, monkeypatch, capfd, syn
     torch.save(ck, tmp_path / "odd.pt")
     code, out, err = emo_train_here(monkeypatch, capfd, *args[:-1], str(tmp_path / "odd.pt"))
     assert code != 0 and "other emotions" in err and "Traceback" not in err
+
+
+def test_turned_and_relit_faces_are_taught_as_upright_and_well_lit_ones():
+    """--turn and --exposure: the twin sees the face turned or relit while its teacher sees it
+    upright and as lit; without them the batch is drawn exactly as before the options."""
+    rng = np.random.default_rng(3)
+    faces = np.stack([synthetic_face(i % 7, rng) for i in range(40)])
+    mirrored = lambda taught: all(np.array_equal(t, f) or np.array_equal(t, f[:, ::-1]) for t, f in zip(taught, faces))
+    taught, seen = _batch(faces, np.random.default_rng(0), spoil=0.0, turn=1.0)
+    assert mirrored(taught)  # the teacher's faces are upright (only mirrored)
+    assert sum(not np.array_equal(t, s) for t, s in zip(taught, seen)) >= 36  # the twin's are turned
+    taught, seen = _batch(faces, np.random.default_rng(0), spoil=0.0, exposure=1.0)
+    ratio = [s.astype(float).mean() / t.astype(float).mean() for t, s in zip(taught, seen)]
+    assert min(ratio) > 0.45 and max(ratio) < 1.65 and np.ptp(ratio) > 0.4  # darker and brighter
+    assert all(np.corrcoef(t.ravel(), s.ravel())[0, 1] > 0.9 for t, s in zip(taught, seen))  # the same face, relit
+    taught, seen = _batch(faces, np.random.default_rng(0), spoil=0.0)
+    assert np.array_equal(taught, seen) and not mirrored(taught)  # the old recipe turns both alike

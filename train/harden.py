@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from emo.edge_runtime.dataset import Split, load_split
-from emo.edge_runtime.degrade import CONDITIONS, degrade_images, random_degrade, rotate, summarize
+from emo.edge_runtime.degrade import CONDITIONS, degrade_images, random_degrade, rotate, scale_pixels, summarize
 from emo.edge_runtime.errors import EmoError
 from emo.edge_runtime.preprocess import InputSpec, normalize
 from emo.edge_runtime.stopping import StopFlag
@@ -52,13 +52,35 @@ def hardened_from(base_ck: dict, split: int) -> torch.nn.Module:
     return model
 
 
-def _batch(images: np.ndarray, rng: np.random.Generator, spoil: float) -> tuple[np.ndarray, np.ndarray]:
-    """Clean faces (mirrored and turned at random) and the same faces, a share ``spoil`` of them spoiled."""
+def _batch(images: np.ndarray, rng: np.random.Generator, spoil: float, turn: float = 0.0,
+           exposure: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """The teacher's faces (mirrored and turned at random) and the twin's: the same faces, a share
+    ``spoil`` of them spoiled. A share ``turn`` of the twin's faces are turned (up to 15 degrees)
+    while the teacher sees them upright, and a share ``exposure`` lit differently (pixels x0.5-1.6,
+    clipped) while the teacher sees them as they were: the twin learns to read them as upright,
+    well-lit faces."""
     out = images.copy()
     flip = rng.random(len(out)) < 0.5
     out[flip] = out[flip, :, ::-1]
-    out = np.stack([rotate(im, float(rng.uniform(-15, 15))) if rng.random() < 0.5 else im for im in out])
-    return out, np.stack([random_degrade(im, rng) if rng.random() < spoil else im for im in out])
+    if not turn and not exposure:  # the recipe before --turn/--exposure, draw for draw (such runs resume)
+        out = np.stack([rotate(im, float(rng.uniform(-15, 15))) if rng.random() < 0.5 else im for im in out])
+        return out, np.stack([random_degrade(im, rng) if rng.random() < spoil else im for im in out])
+    seen, taught = [], []
+    for im in out:
+        if rng.random() < turn:
+            face, im = im, rotate(im, float(rng.uniform(-15, 15)))
+        else:
+            face = im = rotate(im, float(rng.uniform(-15, 15))) if rng.random() < 0.5 else im
+        taught.append(face)
+        seen.append(_camera(im, rng, spoil, exposure))
+    return np.stack(taught), np.stack(seen)
+
+
+def _camera(img: np.ndarray, rng: np.random.Generator, spoil: float, exposure: float) -> np.ndarray:
+    """``img`` lit differently (with probability ``exposure``), then spoiled (with probability ``spoil``)."""
+    if rng.random() < exposure:
+        img = scale_pixels(img, float(np.exp(rng.uniform(np.log(0.5), np.log(1.6)))))
+    return random_degrade(img, rng) if rng.random() < spoil else img
 
 
 def robustness(fn: Callable, images: np.ndarray, labels: np.ndarray, spec: InputSpec) -> dict:
@@ -73,6 +95,7 @@ def robustness(fn: Callable, images: np.ndarray, labels: np.ndarray, spec: Input
 
 def harden(checkpoint: Path, data: str, out: str = "runs", name: str = "", split: int = 5, epochs: int = 5, lr: float = 1e-3,
            batch_size: int = 128, kd_alpha: float = 0.7, spoil: float = 0.7, seed: int = 0, hint: float = 0.0,
+           turn: float = 0.0, exposure: float = 0.0,
            teachers: Sequence[Path] = (), progress: bool = True, log: Callable = print, resume_hint: str = "") -> Path:
     """Train the twin stem (resuming OUT/NAME/last.pt if there), fit the gate, measure, and write
     OUT/NAME/model.pt; returns OUT/NAME."""
@@ -88,13 +111,17 @@ def harden(checkpoint: Path, data: str, out: str = "runs", name: str = "", split
               "lr": lr, "batch_size": batch_size, "kd_alpha": kd_alpha, "spoil": spoil, "seed": seed}
     if hint:  # recorded only when used, so runs from before these options resume
         recipe["hint"] = hint
+    if turn:
+        recipe["turn"] = turn
+    if exposure:
+        recipe["exposure"] = exposure
     if teachers:
         recipe["teachers"] = [{"path": str(t), "sha256": file_sha256(t)} for t in teachers]
     teacher_models = [_teacher(t, base_ck, checkpoint) for t in teachers]
     log(f"hardening {checkpoint}: a twin of its first {split} blocks learns spoiled faces ({len(train.labels)} training faces "
         f"of {train.report.source}, {epochs} epochs); the rest of the network stays as it is")
     train_twin(model, train, spec, recipe, teacher_models, run_dir / "last.pt", progress, log, resume_hint)
-    gate = fit_quality_gate(model, train, spec, seed, log)
+    gate = fit_quality_gate(model, train, spec, seed, log, turn, exposure)
     log(f"measuring on {len(val.labels)} val faces of {val.report.source}, clean and under the ten conditions")
     figures = {"base": robustness(model.net, val.images, val.labels, spec),
                "twin": robustness(model.twin_logits, val.images, val.labels, spec),
@@ -147,7 +174,8 @@ def train_twin(model: torch.nn.Module, train: Split, spec: InputSpec, recipe: di
             torch.manual_seed(seed * 1_000_003 + e)
             for b in range(state["batch"], steps_per_epoch):
                 idx = perm[b * batch_size : (b + 1) * batch_size]
-                clean, spoiled = _batch(train.images[idx], np.random.default_rng([seed, e, b]), recipe["spoil"])
+                clean, spoiled = _batch(train.images[idx], np.random.default_rng([seed, e, b]), recipe["spoil"],
+                                        recipe.get("turn", 0.0), recipe.get("exposure", 0.0))
                 x_clean = torch.from_numpy(normalize(clean, spec))
                 target = teacher_probs(teachers, x_clean, KD_TEMPERATURE, amp=False)
                 h = model.twin(torch.from_numpy(normalize(spoiled, spec)))
@@ -200,13 +228,19 @@ def _save_progress(last: Path, recipe: dict, model: torch.nn.Module, opt: torch.
     save_atomic({"recipe": recipe, "twin": model.twin.state_dict(), "optimizer": opt.state_dict(), "state": state}, last)
 
 
-def fit_quality_gate(model: torch.nn.Module, train: Split, spec: InputSpec, seed: int, log: Callable) -> dict:
+def fit_quality_gate(model: torch.nn.Module, train: Split, spec: InputSpec, seed: int, log: Callable, turn: float = 0.0,
+                     exposure: float = 0.0) -> dict:
     """Fit the gate on ``GATE_FACES`` spoiled training faces against as many clean ones; returns
-    how it routes them."""
+    how it routes them. With ``turn``/``exposure`` (what the twin learnt), that share of the
+    spoiled faces is also turned or lit differently."""
     rng = np.random.default_rng([seed, 1 << 20])
     pick = rng.choice(len(train.labels), min(2 * GATE_FACES, len(train.labels)), replace=False)
     half = len(pick) // 2
-    spoiled = np.stack([random_degrade(im, rng) for im in train.images[pick[:half]]])
+    if turn or exposure:
+        spoiled = np.stack([_camera(rotate(im, float(rng.uniform(-15, 15))) if rng.random() < turn else im, rng, 1.0, exposure)
+                            for im in train.images[pick[:half]]])
+    else:  # draw for draw as before these options
+        spoiled = np.stack([random_degrade(im, rng) for im in train.images[pick[:half]]])
     log(f"fitting the quality gate: {half} spoiled training faces against {len(pick) - half} clean ones")
     stats = fit_gate(model, normalize(spoiled, spec), normalize(train.images[pick[half:]], spec))
     gate = {"spoiled_to_twin": stats["mine_to_copy"], "clean_to_twin": stats["other_to_copy"], "faces": int(len(pick))}
