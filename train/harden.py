@@ -63,17 +63,23 @@ def _batch(images: np.ndarray, rng: np.random.Generator, spoil: float, turn: flo
     flip = rng.random(len(out)) < 0.5
     out[flip] = out[flip, :, ::-1]
     if not turn and not exposure:  # the recipe before --turn/--exposure, draw for draw (such runs resume)
-        out = np.stack([rotate(im, float(rng.uniform(-15, 15))) if rng.random() < 0.5 else im for im in out])
+        out = np.stack([_tilt(im, rng) if rng.random() < 0.5 else im for im in out])
         return out, np.stack([random_degrade(im, rng) if rng.random() < spoil else im for im in out])
-    seen, taught = [], []
+    taught, seen = [], []
     for im in out:
-        if rng.random() < turn:
-            face, im = im, rotate(im, float(rng.uniform(-15, 15)))
-        else:
-            face = im = rotate(im, float(rng.uniform(-15, 15))) if rng.random() < 0.5 else im
-        taught.append(face)
-        seen.append(_camera(im, rng, spoil, exposure))
+        if rng.random() < turn:  # the teacher sees it upright, the twin turned
+            taught.append(im)
+            seen.append(_tilt(im, rng))
+        else:  # both see it alike
+            taught.append(_tilt(im, rng) if rng.random() < 0.5 else im)
+            seen.append(taught[-1])
+        seen[-1] = _camera(seen[-1], rng, spoil, exposure)
     return np.stack(taught), np.stack(seen)
+
+
+def _tilt(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``img`` turned by a random angle of up to 15 degrees either way."""
+    return rotate(img, float(rng.uniform(-15, 15)))
 
 
 def _camera(img: np.ndarray, rng: np.random.Generator, spoil: float, exposure: float) -> np.ndarray:
@@ -109,12 +115,8 @@ def harden(checkpoint: Path, data: str, out: str = "runs", name: str = "", split
     val = load_split(data, "val", spec.size)
     recipe = {"base": str(checkpoint), "base_sha256": file_sha256(checkpoint), "data": str(data), "split": split, "epochs": epochs,
               "lr": lr, "batch_size": batch_size, "kd_alpha": kd_alpha, "spoil": spoil, "seed": seed}
-    if hint:  # recorded only when used, so runs from before these options resume
-        recipe["hint"] = hint
-    if turn:
-        recipe["turn"] = turn
-    if exposure:
-        recipe["exposure"] = exposure
+    # recorded only when used, so runs from before these options resume
+    recipe.update({k: v for k, v in (("hint", hint), ("turn", turn), ("exposure", exposure)) if v})
     if teachers:
         recipe["teachers"] = [{"path": str(t), "sha256": file_sha256(t)} for t in teachers]
     teacher_models = [_teacher(t, base_ck, checkpoint) for t in teachers]
@@ -237,8 +239,7 @@ def fit_quality_gate(model: torch.nn.Module, train: Split, spec: InputSpec, seed
     pick = rng.choice(len(train.labels), min(2 * GATE_FACES, len(train.labels)), replace=False)
     half = len(pick) // 2
     if turn or exposure:
-        spoiled = np.stack([_camera(rotate(im, float(rng.uniform(-15, 15))) if rng.random() < turn else im, rng, 1.0, exposure)
-                            for im in train.images[pick[:half]]])
+        spoiled = np.stack([_camera(_tilt(im, rng) if rng.random() < turn else im, rng, 1.0, exposure) for im in train.images[pick[:half]]])
     else:  # draw for draw as before these options
         spoiled = np.stack([random_degrade(im, rng) for im in train.images[pick[:half]]])
     log(f"fitting the quality gate: {half} spoiled training faces against {len(pick) - half} clean ones")
