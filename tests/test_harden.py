@@ -8,12 +8,14 @@ import json
 
 import numpy as np
 import onnx
+import pytest
 import torch
 
 from emo.edge_runtime.degrade import random_degrade
+from emo.edge_runtime.errors import EmoError
 from emo.edge_runtime.preprocess import InputSpec, normalize
 from emo.export.convert import quantize, run_onnx, torch_to_onnx
-from emo.train.checkpoint import load_checkpoint
+from emo.train.checkpoint import load_checkpoint, model_from_checkpoint
 from emo.train.gated import fit_gate
 from emo.train.harden import _batch
 from emo.train.models import build_model
@@ -62,6 +64,29 @@ def test_a_fresh_twin_changes_nothing_and_the_gate_tells_spoiled_faces(tmp_path)
     assert (run_onnx(int8, x.numpy()).argmax(1) == out.numpy().argmax(1)).mean() >= 0.9
 
 
+def test_an_adapter_starts_at_zero_and_leaves_faces_the_gate_keeps_to_the_base(tmp_path):
+    """--adapter: a branch of the spoiled path's own beside the block after the split, weighted by
+    the gate. A fresh one changes nothing; at a weight of 0 the network is the base's whatever the
+    branch learnt; it exports to ONNX with the same answers; and a block it cannot go beside is refused."""
+    torch.manual_seed(0)
+    model = build_model("dual-stem", base=SMALL, split=3, adapter=8).eval()
+    x = torch.from_numpy(normalize(np.concatenate(clean_and_spoiled(20, 4)), InputSpec()))
+    with torch.no_grad():
+        assert torch.allclose(model(x), model.net(x), atol=1e-5)
+        for p in model.trainable().parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+        h, t = model.stems(x)
+        g = model.routed(x)[:, None, None, None]
+        out = model(x)
+        assert torch.allclose(model.rest(h, 0.0), model.net(x), atol=1e-5)
+        assert not torch.allclose(model.rest(h, 1.0), model.net(x), atol=1e-3)  # the branch counts where the gate says so
+        assert torch.allclose(out, model.rest(h + g * (t - h), g), atol=1e-5)
+    torch_to_onnx(model, InputSpec(), tmp_path / "a.onnx", 17)
+    assert np.allclose(run_onnx(tmp_path / "a.onnx", x.numpy()), out.numpy(), atol=1e-4)
+    with pytest.raises(EmoError, match="conv-BatchNorm-ReLU"):
+        build_model("dual-stem", base=SMALL, split=2, adapter=8)  # block 2 is a residual block
+
+
 def test_harden_trains_measures_resumes_and_exports(tmp_path, monkeypatch, capfd, synthetic_fer):
     args = ["harden", "models/large/emonet-kd3-bn.pt", "--data", str(synthetic_fer), "--out", str(tmp_path), "--name", "hard",
             "--epochs", "1", "--batch-size", "64", "--threads", "1", "--no-progress"]
@@ -104,14 +129,15 @@ def test_harden_with_a_hint_and_other_teachers(tmp_path, monkeypatch, capfd, syn
     teacher = "models/large/emonet-dkd-bn.pt"
     args = ["harden", "models/large/emonet-kd3-bn.pt", "--data", str(synthetic_fer), "--out", str(tmp_path), "--name", "hint",
             "--epochs", "1", "--batch-size", "64", "--threads", "1", "--no-progress", "--turn", "0.5", "--exposure", "0.3",
-            "--hint", "1.5", "--teacher", teacher]
+            "--adapter", "8", "--hint", "1.5", "--teacher", teacher]
     code, out, err = emo_train_here(monkeypatch, capfd, *args)
     assert code == 0, err + out
     ck = load_checkpoint(tmp_path / "hint" / "model.pt")
     recipe = ck["config"]["harden"]
     base = load_checkpoint("models/large/emonet-kd3-bn.pt")["state_dict"]
     assert all(torch.equal(v, ck["state_dict"][f"net.{k}"]) for k, v in base.items())  # the base, BatchNorm statistics too, untouched
-    assert recipe["turn"] == 0.5 and recipe["exposure"] == 0.3
+    assert recipe["turn"] == 0.5 and recipe["exposure"] == 0.3 and recipe["adapter"] == ck["arch_args"]["adapter"] == 8
+    assert any(k.startswith("adapter.") for k in ck["state_dict"]) and model_from_checkpoint(ck).adapter[0].out_channels == 8
     assert recipe["hint"] == 1.5 and [t["path"] for t in recipe["teachers"]] == [teacher] and len(recipe["teachers"][0]["sha256"]) == 64
     code, out, err = emo_train_here(monkeypatch, capfd, *args[:-4])  # same name, no hint, no teacher: another recipe
     assert code != 0 and "another recipe" in err and "Traceback" not in err

@@ -39,14 +39,15 @@ KD_TEMPERATURE = 2.0
 GATE_FACES = 8000  # spoiled and as many clean training faces the gate is fitted on (4000 left its clean figure 0.15 points to chance)
 
 
-def hardened_from(base_ck: dict, split: int) -> torch.nn.Module:
-    """A dual-stem model around ``base_ck``'s network; its twin starts as a copy of the stem."""
+def hardened_from(base_ck: dict, split: int, adapter: int = 0) -> torch.nn.Module:
+    """A dual-stem model around ``base_ck``'s network; its twin starts as a copy of the stem (and
+    its adapter, if ``adapter`` channels are asked for, at zero)."""
     if base_ck["arch"] in ("ensemble", "gated", "dual-stem"):
         raise EmoError(f"emo-train harden takes a single emonet checkpoint, not a{'n' if base_ck['arch'][0] == 'e' else ''} "
                        f"{base_ck['arch']}; harden its members one by one")
     spec = InputSpec.from_dict(base_ck["input"])
     model = build_model("dual-stem", base={"arch": base_ck["arch"], "arch_args": base_ck["arch_args"]}, split=split,
-                        size=spec.size, mean=spec.mean, std=spec.std)
+                        size=spec.size, mean=spec.mean, std=spec.std, adapter=adapter)
     model.net.load_state_dict(model_from_checkpoint(base_ck).state_dict())
     model.twin.load_state_dict(model.net.features[:split].state_dict())
     return model
@@ -101,12 +102,12 @@ def robustness(fn: Callable, images: np.ndarray, labels: np.ndarray, spec: Input
 
 def harden(checkpoint: Path, data: str, out: str = "runs", name: str = "", split: int = 5, epochs: int = 5, lr: float = 1e-3,
            batch_size: int = 128, kd_alpha: float = 0.7, spoil: float = 0.7, seed: int = 0, hint: float = 0.0,
-           turn: float = 0.0, exposure: float = 0.0,
+           turn: float = 0.0, exposure: float = 0.0, adapter: int = 0,
            teachers: Sequence[Path] = (), progress: bool = True, log: Callable = print, resume_hint: str = "") -> Path:
     """Train the twin stem (resuming OUT/NAME/last.pt if there), fit the gate, measure, and write
     OUT/NAME/model.pt; returns OUT/NAME."""
     base_ck = load_checkpoint(checkpoint)
-    model = hardened_from(base_ck, split)
+    model = hardened_from(base_ck, split, adapter)
     spec = InputSpec.from_dict(base_ck["input"])
     stem = Path(checkpoint).stem if Path(checkpoint).stem != "model" else Path(checkpoint).parent.name
     run_dir = Path(out) / (name or f"{stem}-hardened")
@@ -116,11 +117,11 @@ def harden(checkpoint: Path, data: str, out: str = "runs", name: str = "", split
     recipe = {"base": str(checkpoint), "base_sha256": file_sha256(checkpoint), "data": str(data), "split": split, "epochs": epochs,
               "lr": lr, "batch_size": batch_size, "kd_alpha": kd_alpha, "spoil": spoil, "seed": seed}
     # recorded only when used, so runs from before these options resume
-    recipe.update({k: v for k, v in (("hint", hint), ("turn", turn), ("exposure", exposure)) if v})
+    recipe.update({k: v for k, v in (("hint", hint), ("turn", turn), ("exposure", exposure), ("adapter", adapter)) if v})
     if teachers:
         recipe["teachers"] = [{"path": str(t), "sha256": file_sha256(t)} for t in teachers]
     teacher_models = [_teacher(t, base_ck, checkpoint) for t in teachers]
-    log(f"hardening {checkpoint}: a twin of its first {split} blocks learns spoiled faces ({len(train.labels)} training faces "
+    log(f"hardening {checkpoint}: a twin of its first {split} blocks{f' (and a {adapter}-channel branch beside block {split})' if adapter else ''} learns spoiled faces ({len(train.labels)} training faces "
         f"of {train.report.source}, {epochs} epochs); the rest of the network stays as it is")
     train_twin(model, train, spec, recipe, teacher_models, run_dir / "last.pt", progress, log, resume_hint)
     gate = fit_quality_gate(model, train, spec, seed, log, turn, exposure)
@@ -132,7 +133,7 @@ def harden(checkpoint: Path, data: str, out: str = "runs", name: str = "", split
         log(f"  {who:9s} clean {f['clean'] * 100:.2f}%  mean of the ten {f['mean'] * 100:.2f}%  worst {f['worst'] * 100:.2f}% "
             f"({f['worst_condition']})")
     args = {"base": {"arch": base_ck["arch"], "arch_args": base_ck["arch_args"]}, "split": split, "size": spec.size,
-            "mean": spec.mean, "std": spec.std}
+            "mean": spec.mean, "std": spec.std, **({"adapter": adapter} if adapter else {})}
     metrics = {"best": {"val_accuracy": figures["hardened"]["clean"]}, "robustness": figures}
     ck = make_checkpoint(model, "dual-stem", args, base_ck["input"], {**(base_ck.get("config") or {}), "harden": recipe},
                          base_ck.get("data") or {}, metrics, gate=gate)
@@ -157,7 +158,8 @@ def train_twin(model: torch.nn.Module, train: Split, spec: InputSpec, recipe: di
     epochs, batch_size, seed = recipe["epochs"], recipe["batch_size"], recipe["seed"]
     steps_per_epoch = len(train.labels) // batch_size
     schedule = TrainConfig(schedule="cosine", warmup_epochs=0.05 * epochs)
-    opt = torch.optim.AdamW(model.twin.parameters(), lr=recipe["lr"], weight_decay=1e-4)
+    learner = model.trainable()
+    opt = torch.optim.AdamW(learner.parameters(), lr=recipe["lr"], weight_decay=1e-4)
     state = _resume(model, opt, recipe, last, log)
     base = frozen(model.net).eval()  # the rest of the network stays as it is, BatchNorm statistics included
     teachers = teachers or [base]
@@ -171,7 +173,7 @@ def train_twin(model: torch.nn.Module, train: Split, spec: InputSpec, recipe: di
             perm = np.random.default_rng([seed, e]).permutation(len(train.labels))
             bar = tqdm(total=steps_per_epoch, initial=state["batch"], desc=f"epoch {e + 1}/{epochs}", unit="batch",
                        dynamic_ncols=True, file=sys.stderr, disable=not (progress and sys.stderr.isatty()))
-            model.twin.train()
+            learner.train()
             t0, seen_loss = time.time(), []
             torch.manual_seed(seed * 1_000_003 + e)
             for b in range(state["batch"], steps_per_epoch):
@@ -181,7 +183,7 @@ def train_twin(model: torch.nn.Module, train: Split, spec: InputSpec, recipe: di
                 x_clean = torch.from_numpy(normalize(clean, spec))
                 target = teacher_probs(teachers, x_clean, KD_TEMPERATURE, amp=False)
                 h = model.twin(torch.from_numpy(normalize(spoiled, spec)))
-                y = model.rest(h)
+                y = model.rest(h, 1.0)
                 kd = F.kl_div(F.log_softmax(y / KD_TEMPERATURE, 1), target, reduction="batchmean") * KD_TEMPERATURE ** 2
                 loss = recipe["kd_alpha"] * kd + (1 - recipe["kd_alpha"]) * F.cross_entropy(y, torch.from_numpy(train.labels[idx]))
                 if recipe.get("hint"):  # the twin's output on the spoiled face against the original stem's on the clean one
@@ -219,6 +221,8 @@ def _resume(model: torch.nn.Module, opt: torch.optim.Optimizer, recipe: dict, la
     if {"spoil": 1.0, **(saved.get("recipe") or {})} != recipe:  # runs from before --spoil spoiled every face
         raise EmoError(f"{last} is a run with another recipe ({saved.get('recipe')}); pass another --name, or delete {last.parent}")
     model.twin.load_state_dict(saved["twin"])
+    if model.adapter is not None:
+        model.adapter.load_state_dict(saved["adapter"])
     opt.load_state_dict(saved["optimizer"])
     state, epochs = saved["state"], recipe["epochs"]
     log(f"resuming {last.parent} at epoch {state['epoch'] + 1}, batch {state['batch']}" if state["epoch"] < epochs else
@@ -227,7 +231,7 @@ def _resume(model: torch.nn.Module, opt: torch.optim.Optimizer, recipe: dict, la
 
 
 def _save_progress(last: Path, recipe: dict, model: torch.nn.Module, opt: torch.optim.Optimizer, state: dict) -> None:
-    save_atomic({"recipe": recipe, "twin": model.twin.state_dict(), "optimizer": opt.state_dict(), "state": state}, last)
+    save_atomic({"recipe": recipe, **{k: m.state_dict() for k, m in model.trainable().items()}, "optimizer": opt.state_dict(), "state": state}, last)
 
 
 def fit_quality_gate(model: torch.nn.Module, train: Split, spec: InputSpec, seed: int, log: Callable, turn: float = 0.0,

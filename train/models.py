@@ -226,9 +226,10 @@ def gated_pair(base: dict | None = None, copy: dict | None = None, size: int = 4
 
 
 def dual_stem(base: dict | None = None, split: int = 5, size: int = 48, mean: float = 0.5, std: float = 0.25,
-              num_classes: int = NUM_CLASSES) -> DualStem:
+              num_classes: int = NUM_CLASSES, adapter: int = 0) -> DualStem:
     """An emonet ``base`` (``{"arch": ..., "arch_args": {...}}``) with a twin of its first ``split``
-    blocks for spoiled faces and the quality gate between them (:mod:`emo.train.stems`)."""
+    blocks for spoiled faces, the quality gate between them and, with ``adapter``, a gated branch
+    of that many channels beside the next block (:mod:`emo.train.stems`)."""
     if base is None:
         raise EmoError("a dual-stem model is made from a trained emonet by `emo-train harden CKPT`, not trained by "
                        "emo-train fit; pick another arch")
@@ -237,4 +238,4 @@ def dual_stem(base: dict | None = None, split: int = 5, size: int = 48, mean: fl
     net = build_model(base["arch"], **{"num_classes": num_classes, **(base.get("arch_args") or {})})
     if not isinstance(net, EmoNet):
         raise EmoError(f"dual-stem: the base must be an emonet, not {base['arch']}")
-    return DualStem(net, split, size, mean, std)
+    return DualStem(net, split, size, mean, std, adapter)

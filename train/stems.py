@@ -9,7 +9,13 @@ the original's answers exactly and spoiled ones get a stem made for them. The ga
 regression on measures of sharpness, noise and blockiness, a 12x12 thumbnail and the original
 stem's pooled output; its nodes are named ``/gate/...`` in ONNX and stay in float in the int8
 model. The two stems' outputs are mixed by the gate's weight and the rest of the network runs once,
-so the cost is one more stem per face. ``build_model("dual-stem", base=..., split=...)`` builds one."""
+so the cost is one more stem per face. ``build_model("dual-stem", base=..., split=...)`` builds one.
+
+With ``adapter=R`` the spoiled path also gets weights of its own after the split: a small branch
+(conv of R channels, BatchNorm, ReLU, 1x1 conv) beside the next conv block, added before its ReLU
+and weighted by the gate. It starts at zero, so a fresh one changes nothing, and where the gate
+gives the twin no weight the network is the base's exactly. The branch costs a fraction of a
+full twin of that block (whose weights the base's shares)."""
 from __future__ import annotations
 
 import copy
@@ -65,13 +71,14 @@ class DualStem(nn.Module):
     """``net`` (an emonet) with a twin of ``net.features[:split]`` and the gate that mixes the two
     stems' outputs per face; the rest of ``net`` runs once on the mix. Output: logits."""
 
-    def __init__(self, net: nn.Module, split: int, size: int = 48, mean: float = 0.5, std: float = 0.25):
+    def __init__(self, net: nn.Module, split: int, size: int = 48, mean: float = 0.5, std: float = 0.25, adapter: int = 0):
         super().__init__()
         if not hasattr(net, "features") or not 0 < split < len(net.features):
             raise EmoError(f"dual-stem: split must name one of the base's blocks, 1..{len(getattr(net, 'features', [])) - 1}, "
                            f"not {split}")
         self.net, self.split = net, int(split)
         self.twin = copy.deepcopy(net.features[:split])
+        self.adapter = _branch(net.features[split], int(adapter), split) if adapter else None
         with torch.no_grad():  # a copy in eval mode: a probe must not move the stem's BatchNorm statistics
             width = copy.deepcopy(self.twin).eval()(torch.zeros(1, 1, size, size)).shape[1]
         self.gate = QualityGate(width, size, mean, std)
@@ -79,12 +86,22 @@ class DualStem(nn.Module):
     def stems(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.net.features[: self.split](x), self.twin(x)
 
-    def rest(self, h: torch.Tensor) -> torch.Tensor:
-        return self.net.head(self.net.features[self.split :](h))
+    def rest(self, h: torch.Tensor, g: torch.Tensor | float | None = None) -> torch.Tensor:
+        """The network after the split on the stem output ``h``; with an adapter, its branch is
+        added to the next block with the twin's weight ``g`` (none when ``g`` is None)."""
+        if self.adapter is None or g is None:
+            return self.net.head(self.net.features[self.split :](h))
+        conv, bn, act = self.net.features[self.split]
+        h2 = act(bn(conv(h)) + g * self.adapter(h))
+        return self.net.head(self.net.features[self.split + 1 :](h2))
 
     def twin_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """The network with the twin stem alone (what `emo-train harden` trains)."""
-        return self.rest(self.twin(x))
+        """The network with the twin stem (and adapter) alone (what `emo-train harden` trains)."""
+        return self.rest(self.twin(x), 1.0)
+
+    def trainable(self) -> nn.ModuleDict:
+        """What `emo-train harden` trains: the twin stem, and the adapter if there is one."""
+        return nn.ModuleDict({"twin": self.twin, **({"adapter": self.adapter} if self.adapter is not None else {})})
 
     def pooled(self, x: torch.Tensor) -> torch.Tensor:
         """The original stem's output, averaged over the face: what the gate learns from."""
@@ -100,4 +117,21 @@ class DualStem(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, t = self.stems(x)
         g = self.gate(x, h.mean((2, 3)))
-        return self.rest(h + g * (t - h))
+        return self.rest(h + g * (t - h), g)
+
+
+def _branch(block: nn.Module, width: int, split: int) -> nn.Sequential:
+    """The adapter beside ``block`` (a conv-BatchNorm-ReLU block): a conv like its own but ``width``
+    channels wide, BatchNorm, ReLU and a 1x1 conv to its channels, zero at the start."""
+    if not (isinstance(block, nn.Sequential) and len(block) == 3 and isinstance(block[0], nn.Conv2d)
+            and isinstance(block[1], nn.BatchNorm2d) and isinstance(block[2], nn.ReLU)):
+        raise EmoError(f"dual-stem: an adapter goes beside a conv-BatchNorm-ReLU block, and block {split} (after the split) "
+                       "is not one; pick another split (emonet: 3 or 5) or no adapter")
+    if width < 1:
+        raise EmoError(f"dual-stem: the adapter's width must be a positive number of channels, not {width}")
+    c = block[0]
+    out = nn.Conv2d(width, c.out_channels, 1)
+    nn.init.zeros_(out.weight)
+    nn.init.zeros_(out.bias)
+    return nn.Sequential(nn.Conv2d(c.in_channels, width, c.kernel_size, c.stride, c.padding, bias=False),
+                         nn.BatchNorm2d(width), nn.ReLU(), out)
