@@ -27,5 +27,5 @@ stage emonet-kd3 configs/emonet-kd3.toml
 emo-train recalibrate "$out/emonet-kd3/model.pt" --data "$data" --out "$out"  # writes $out/emonet-kd3-bn
 # the bundled default: that network hardened for real cameras (a twin stem for spoiled faces and a
 # quality gate; the clean network is kept in the repository as models/large/emonet-kd3-bn.pt)
-emo-train harden "$out/emonet-kd3-bn/model.pt" --data "$data" --out "$out" --name emo-default --epochs 10
+emo-train harden "$out/emonet-kd3-bn/model.pt" --data "$data" --out "$out" --name emo-default --epochs 30 --adapter 64
 emo-export "$out/emo-default/model.pt" --calib-data "$data" --calib-size 1000 --crop-margin 0  # --calib-method auto is the default

@@ -189,7 +189,7 @@ def harden(
     hint: float = typer.Option(0.0, min=0.0, help="Weight of a feature hint: the twin's output on the spoiled face is pulled toward the original stem's on the clean face (mean squared error; 0: none)."),
     turn: float = typer.Option(0.0, min=0.0, max=1.0, help="Share of the twin's training faces turned (up to 15 degrees) while the teacher sees them upright: the twin learns to read a tilted head as an upright one (0: none; the gate's spoiled faces are turned as often)."),
     exposure: float = typer.Option(0.0, min=0.0, max=1.0, help="Share of the twin's training faces made darker or brighter (pixels x0.5-1.6, clipped) while the teacher sees them as they were (0: none)."),
-    adapter: int = typer.Option(0, min=0, help="Channels of a branch of the spoiled path's own beside the block after the split, weighted by the gate (0: none, as in the bundled default). More weights for spoiled faces at a fraction of a longer twin's size (docs/train.md)."),
+    adapter: int = typer.Option(0, min=0, help="Channels of a branch of the spoiled path's own beside the block after the split, weighted by the gate (0: none; the bundled default: 64). More weights for spoiled faces at a fraction of a longer twin's size (docs/train.md)."),
     teacher: Optional[List[Path]] = typer.Option(None, help="A model.pt that teaches the twin in place of the base, on the clean face (repeat for several: their probabilities are averaged; an ensemble checkpoint works too)."),
     threads: Optional[int] = typer.Option(None, help="CPU threads for torch (0: default)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars."),
