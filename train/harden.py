@@ -220,9 +220,8 @@ def _resume(model: torch.nn.Module, opt: torch.optim.Optimizer, recipe: dict, la
     saved = torch.load(last, map_location="cpu", weights_only=True)
     if {"spoil": 1.0, **(saved.get("recipe") or {})} != recipe:  # runs from before --spoil spoiled every face
         raise EmoError(f"{last} is a run with another recipe ({saved.get('recipe')}); pass another --name, or delete {last.parent}")
-    model.twin.load_state_dict(saved["twin"])
-    if model.adapter is not None:
-        model.adapter.load_state_dict(saved["adapter"])
+    for key, part in model.trainable().items():  # the twin, and the adapter if any: what _save_progress saved
+        part.load_state_dict(saved[key])
     opt.load_state_dict(saved["optimizer"])
     state, epochs = saved["state"], recipe["epochs"]
     log(f"resuming {last.parent} at epoch {state['epoch'] + 1}, batch {state['batch']}" if state["epoch"] < epochs else
