@@ -87,6 +87,30 @@ def test_an_adapter_starts_at_zero_and_leaves_faces_the_gate_keeps_to_the_base(t
         build_model("dual-stem", base=SMALL, split=2, adapter=8)  # block 2 is a residual block
 
 
+def test_faces_that_training_jitter_pushes_below_black_keep_the_gradients_finite():
+    """Training's brightness and contrast jitter can push a dark face below 0 (fine-tuning from the
+    hardened default on a dim room's faces). The quality gate reads the face clipped to [0, 1], so
+    its measures stay finite, and so do the output and every gradient; real faces read as before."""
+    torch.manual_seed(0)
+    spec = InputSpec()
+    model = build_model("dual-stem", base=SMALL, split=2, adapter=0)
+    dark = np.stack([(synthetic_face(i % 7, np.random.default_rng(i)) // 12).astype(np.uint8) for i in range(8)])
+    x = torch.from_numpy(normalize(dark, spec))
+    below = x - 0.3 / spec.std  # brightness -0.3: most pixels of these faces fall below black
+    assert (below * spec.std + spec.mean).mean() < 0
+    model.train()
+    out = model(below)
+    torch.nn.functional.cross_entropy(out, torch.arange(8) % 7).backward()
+    assert torch.isfinite(out).all()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    model.eval()
+    with torch.no_grad():  # for faces in [0, 1] the clip changes nothing
+        px = (x * spec.std + spec.mean)
+        assert torch.allclose(model.gate.features(x, model.pooled(x)),
+                              torch.cat([model.gate.measures(px), torch.nn.functional.avg_pool2d(px, model.gate.pool).flatten(1),
+                                         model.pooled(x)], 1))
+
+
 def test_harden_trains_measures_resumes_and_exports(tmp_path, monkeypatch, capfd, synthetic_fer):
     args = ["harden", "models/large/emonet-kd3-bn.pt", "--data", str(synthetic_fer), "--out", str(tmp_path), "--name", "hard",
             "--epochs", "1", "--batch-size", "64", "--threads", "1", "--no-progress"]

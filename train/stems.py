@@ -58,7 +58,9 @@ class QualityGate(nn.Module):
         return torch.log(q + 1e-4)
 
     def features(self, x: torch.Tensor, learnt: torch.Tensor) -> torch.Tensor:
-        px = x * self.std + self.mean  # the face in [0, 1]
+        # the face in [0, 1]: the runtime's faces are, and training's brightness and contrast jitter can push a
+        # dark face below 0, where the log of its measures (its mean) would be NaN and poison the whole batch
+        px = (x * self.std + self.mean).clamp(0.0, 1.0)
         return torch.cat([self.measures(px), F.avg_pool2d(px, self.pool).flatten(1), learnt], 1)
 
     def forward(self, x: torch.Tensor, learnt: torch.Tensor) -> torch.Tensor:
